@@ -1,0 +1,80 @@
+"""Course-wide settings, read once from the environment (introduced in every notebook's setup cell).
+
+- ``TLH_QUICK=1`` selects quick mode: small generated sample data in the real on-disk layouts,
+  few epochs, small images. Full mode (real data, real sizes) is the default.
+- ``TLH_DATA_DIR`` sets the data folder (default: ``data/`` in the repository, or ``./data``
+  when the package is installed without the repository, as on Colab).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+#: The public repository of the course. PUBLICATION: set this once to the real address, then
+#: run ``python -m tlhelpers.notebook --sync`` to stamp it into every notebook's badge and setup cell.
+REPO_URL = "https://github.com/tl-course/transfer-learning-pytorch"
+
+#: Default seed; notebooks re-seed right before each random step.
+SEED = 42
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment variable; a value we do not understand is an error, not a guess."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not understood: use 1 (on) or 0 (off).")
+
+
+def _find_repo_root() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() and (here / "notebooks").is_dir() else None
+
+
+REPO_ROOT: Path | None = _find_repo_root()
+
+
+def is_quick() -> bool:
+    """True when ``TLH_QUICK`` asks for quick mode (read each call, so tests can change it)."""
+    return _flag("TLH_QUICK", default=False)
+
+
+def data_dir() -> Path:
+    """The data folder: ``TLH_DATA_DIR`` if set, else ``<repo>/data`` (or ``./data`` outside the repo)."""
+    env = os.environ.get("TLH_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT / "data") if REPO_ROOT else Path.cwd() / "data"
+
+
+def build_dir() -> Path:
+    """Where the course runner writes executed notebooks and figures (``TLH_BUILD_DIR`` overrides)."""
+    env = os.environ.get("TLH_BUILD_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT / "build") if REPO_ROOT else Path.cwd() / "build"
+
+
+QUICK: bool = is_quick()
+DATA_DIR: Path = data_dir()
+
+
+def seed_everything(seed: int = SEED) -> int:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA). Call it right before a random step."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return seed
