@@ -1,0 +1,123 @@
+"""Run the whole course headless: execute every notebook, keep the results in ``build/``.
+
+    python -m tlhelpers.run_course            # quick mode (sample data), every notebook
+    python -m tlhelpers.run_course --full     # full mode: real datasets (needs internet, a GPU helps)
+    python -m tlhelpers.run_course 04 07      # only the notebooks whose names start with these
+
+Writes ``build/notebooks/NN_name.ipynb`` (executed, with outputs), every figure as
+``build/figures/NN_name/figNN.png``, and ``build/run_summary.json`` with the wall time and the
+kernel's peak memory per notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tlhelpers import config
+
+
+def _peak_rss_mb(pid: int | None) -> float | None:
+    """Peak resident memory of a live process (Linux ``VmHWM``), in MB; None elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def _save_figures(nb, folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("fig*.png"):
+        old.unlink()
+    count = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png:
+                count += 1
+                (folder / f"fig{count:02d}.png").write_bytes(base64.b64decode(png))
+    return count
+
+
+def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> dict:
+    """Execute one notebook in its own folder; save it and its figures; return timing and memory."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    peak, error = None, None
+    with client.setup_kernel():
+        pid = getattr(getattr(client.km, "provisioner", None), "pid", None) or \
+            getattr(getattr(getattr(client.km, "provisioner", None), "process", None), "pid", None)
+        try:
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+        except Exception as exc:  # keep the partly executed notebook: it shows where it broke
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        peak = _peak_rss_mb(pid)
+    seconds = time.perf_counter() - start
+    out_nb = out_dir / "notebooks" / path.name
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out_nb)
+    figures = _save_figures(nb, out_dir / "figures" / path.stem)
+    return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": peak and round(peak),
+            "figures": figures, "error": error}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Execute the course notebooks headless into build/.")
+    parser.add_argument("only", nargs="*", help="run only notebooks whose names start with these (e.g. 01 07)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="quick mode on generated sample data (default)")
+    mode.add_argument("--full", action="store_true", help="full mode on the real datasets")
+    parser.add_argument("--out", type=Path, default=None, help="build folder (default: build/)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+
+    if config.REPO_ROOT is None:
+        parser.error("run this from a clone of the course repository (the notebooks/ folder was not found)")
+    os.environ["TLH_QUICK"] = "0" if args.full else "1"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    out_dir = (args.out or config.build_dir()).resolve()
+    notebooks = sorted((config.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
+    if not notebooks:
+        parser.error(f"no notebook matches {args.only}")
+
+    mode_name = "full" if args.full else "quick"
+    print(f"Running {len(notebooks)} notebooks in {mode_name} mode; results go to {out_dir}")
+    results, start = [], time.perf_counter()
+    for path in notebooks:
+        print(f"  {path.name:45s}", end="", flush=True)
+        result = run_notebook(path, out_dir, timeout=args.timeout)
+        results.append(result)
+        status = "FAILED: " + result["error"] if result["error"] else "ok"
+        print(f"{result['seconds']:7.1f} s  peak {result['peak_rss_mb'] or '?':>5} MB  "
+              f"{result['figures']:2d} figures  {status}", flush=True)
+    total = time.perf_counter() - start
+    summary = {"mode": mode_name, "total_seconds": round(total, 1), "python": platform.python_version(),
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "notebooks": results}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failed = [r["notebook"] for r in results if r["error"]]
+    print(f"Total {total:.1f} s. Executed notebooks: {out_dir / 'notebooks'}; figures: {out_dir / 'figures'}")
+    if failed:
+        print("FAILED: " + ", ".join(failed) + " (open the executed copies in build/notebooks to see where)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
