@@ -37,12 +37,12 @@ class DeviceDataLoader:
     """Wrap a DataLoader so every batch arrives on ``device`` (notebook 05).
 
     Copies are non-blocking when the loader pins memory, so the next batch's transfer can
-    overlap with the current step.
+    overlap with the current step. ``device=None`` picks ``get_default_device()``.
     """
 
-    def __init__(self, dl, device):
+    def __init__(self, dl, device=None):
         self.dl = dl
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else get_default_device()
         self.non_blocking = bool(getattr(dl, "pin_memory", False)) and self.device.type == "cuda"
 
     def __iter__(self):
@@ -51,6 +51,9 @@ class DeviceDataLoader:
 
     def __len__(self):
         return len(self.dl)
+
+    def __repr__(self):
+        return f"DeviceDataLoader({self.dl!r}, device={str(self.device)!r})"
 
     @property
     def dataset(self):

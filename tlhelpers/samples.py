@@ -1,0 +1,389 @@
+"""Generated sample data for quick mode, in the real on-disk layouts (introduced in notebook 01).
+
+Quick mode (``TLH_QUICK=1``) must run the whole course in minutes on a laptop CPU, so instead of
+downloading the 800 MB Oxford-IIIT Pet archive we *draw* a small stand-in with exactly the same
+folder layout, file names and annotation files. Every notebook then runs the same code on it.
+
+The pictures are not pets: each class gets a distinctive but noisy combination of a background
+colour, a shape (circle, square, triangle, stripes, cross, ring) and a shape colour, with random
+position, size, rotation, clutter and sensor noise. A pretrained network fine-tuned for an epoch or
+two learns them well above chance, which is all a smoke test of the course needs.
+
+- ``draw_sample``               the ONE drawing function, parameterised by a class index
+- ``make_pets_sample``          ``<root>/oxford-iiit-pet/`` like the real extraction
+- ``ensure_pets``               the sample (quick mode) or the real data (full mode)
+- ``make_image_folder_sample``  a generic ``<root>/<class>/*.jpg`` tree (optionally ``train/`` ``val/``)
+
+Everything is deterministic: the same seed writes the same bytes.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# The 37 breeds of the Oxford-IIIT Pet dataset, spelled as in its file names.
+# Cats are Capitalised, dogs are lower case: the dataset's own convention.
+CAT_BREEDS = (
+    "Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau",
+    "Maine_Coon", "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx",
+)
+DOG_BREEDS = (
+    "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer",
+    "chihuahua", "english_cocker_spaniel", "english_setter", "german_shorthaired",
+    "great_pyrenees", "havanese", "japanese_chin", "keeshond", "leonberger",
+    "miniature_pinscher", "newfoundland", "pomeranian", "pug", "saint_bernard", "samoyed",
+    "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier", "wheaten_terrier",
+    "yorkshire_terrier",
+)
+#: All breeds in the order of the official CLASS-ID (1-37): alphabetical, ignoring case.
+PET_BREEDS = tuple(sorted(CAT_BREEDS + DOG_BREEDS, key=str.lower))
+
+# The awkward files of the real set, reproduced under the same names, so that notebook 02 meets
+# the same surprises on the sample as on the real data:
+#   Abyssinian_5.jpg                   RGBA, PNG-encoded although it is called .jpg
+#   Egyptian_Mau_139.jpg               palette image (mode P), GIF-encoded, called .jpg
+#   staffordshire_bull_terrier_22.jpg  grayscale JPEG (mode L)
+#   Egyptian_Mau_177.jpg               CMYK JPEG (not in the real set, common in photo collections)
+#   Abyssinian_100/101/102.mat         not images at all (MATLAB files in images/)
+AWKWARD_IMAGES = {
+    "Abyssinian_5.jpg": "RGBA",
+    "Egyptian_Mau_139.jpg": "P",
+    "staffordshire_bull_terrier_22.jpg": "L",
+    "Egyptian_Mau_177.jpg": "CMYK",
+}
+NON_IMAGE_FILES = ("Abyssinian_100.mat", "Abyssinian_101.mat", "Abyssinian_102.mat")
+
+#: Written last into a finished sample; a folder without it is an interrupted generation.
+MARKER = ".tlhelpers-sample.json"
+_SAMPLE_VERSION = 1  # bump when the drawing changes, so old samples are regenerated
+
+_SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring")
+_BACKGROUNDS = (  # well separated RGB colours
+    (35, 45, 95),     # navy
+    (225, 205, 160),  # sand
+    (45, 105, 55),    # forest green
+    (125, 35, 45),    # maroon
+    (205, 205, 210),  # light grey
+    (35, 125, 135),   # teal
+    (100, 65, 140),   # purple
+)
+_LIST_HEADER = (
+    # Verbatim from the real annotations/list.txt (its BREED ID line swaps cats and dogs:
+    # cats are 1-12, dogs 1-25).
+    "#Image CLASS-ID SPECIES BREED ID\n"
+    "#ID: 1:37 Class ids\n"
+    "#SPECIES: 1:Cat 2:Dog\n"
+    "#BREED ID: 1-25:Cat 1:12:Dog\n"
+    "#All images with 1st letter as captial are cat images\n"
+    "#images with small first letter are dog images\n"
+)
+
+
+# --- drawing -------------------------------------------------------------------------------
+
+def class_style(class_idx: int) -> dict:
+    """The look of class ``class_idx``: background colour, shape and shape colour (notebook 01).
+
+    Shape cycles through 6 and background through 7 values, so the pair is unique for the first
+    42 classes; the shape colour (hue stepped by the golden ratio) is unique for every class.
+    """
+    hue = (class_idx * 0.618034) % 1.0
+    value = 0.95 if class_idx % 2 == 0 else 0.7
+    foreground = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.85, value))
+    return {
+        "shape": _SHAPES[class_idx % len(_SHAPES)],
+        "background": _BACKGROUNDS[class_idx % len(_BACKGROUNDS)],
+        "foreground": foreground,
+    }
+
+
+def _rotated(points, cx, cy, r, angle):
+    """Scale unit-circle ``points`` by ``r``, rotate by ``angle`` and move them to (cx, cy)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in points]
+
+
+def _bar(x0, y0, x1, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _draw_shape(draw, shape, cx, cy, r, angle, colour):
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(1, round(r * 0.35)))
+    elif shape == "square":
+        draw.polygon(_rotated(_bar(-0.8, -0.8, 0.8, 0.8), cx, cy, r, angle), fill=colour)
+    elif shape == "triangle":
+        corners = [(math.cos(a), math.sin(a)) for a in (0, 2 * math.pi / 3, 4 * math.pi / 3)]
+        draw.polygon(_rotated(corners, cx, cy, r, angle), fill=colour)
+    elif shape == "stripes":
+        for x in (-0.9, -0.2, 0.5):
+            draw.polygon(_rotated(_bar(x, -1, x + 0.4, 1), cx, cy, r, angle), fill=colour)
+    elif shape == "cross":
+        draw.polygon(_rotated(_bar(-1, -0.25, 1, 0.25), cx, cy, r, angle), fill=colour)
+        draw.polygon(_rotated(_bar(-0.25, -1, 0.25, 1), cx, cy, r, angle), fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _to_uint8(arr) -> np.ndarray:
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def draw_sample(class_idx: int, rng: np.random.Generator, size=(160, 120)) -> Image.Image:
+    """Draw one noisy RGB picture of class ``class_idx``, ``size=(width, height)`` (notebook 01).
+
+    The one drawing function behind every generated data set: the class decides the colours and
+    the shape, ``rng`` decides everything else (jitter, position, scale, rotation, clutter, noise).
+    """
+    width, height = size
+    style = class_style(class_idx)
+    side = min(width, height)
+
+    # background: the class colour, jittered, with a random gentle gradient
+    background = np.asarray(style["background"], dtype=np.float64) + rng.normal(0, 12, 3)
+    gradient = np.linspace(-1, 1, height)[:, None, None] * rng.uniform(-25, 25, 3)
+    img = Image.fromarray(_to_uint8(np.broadcast_to(background, (height, width, 3)) + gradient))
+    draw = ImageDraw.Draw(img)
+
+    # clutter: small blobs of random colours, so "class = one colour somewhere" is not enough
+    for _ in range(int(rng.integers(1, 4))):
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        r = side * rng.uniform(0.03, 0.08)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+
+    # the object: class shape in the class colour, anywhere near the middle, any size and angle
+    colour = tuple(int(c) for c in _to_uint8(np.asarray(style["foreground"]) + rng.normal(0, 12, 3)))
+    r = side * rng.uniform(0.22, 0.36)
+    cx = width / 2 + rng.uniform(-0.18, 0.18) * width
+    cy = height / 2 + rng.uniform(-0.18, 0.18) * height
+    _draw_shape(draw, style["shape"], cx, cy, r, rng.uniform(0, 2 * math.pi), colour)
+
+    # sensor noise
+    noisy = np.asarray(img, dtype=np.float64) + rng.normal(0, 10, (height, width, 3))
+    return Image.fromarray(_to_uint8(noisy))
+
+
+def _image_rng(seed: int, class_idx: int, number: int) -> np.random.Generator:
+    """One generator per image, so an image does not depend on which others are drawn."""
+    return np.random.default_rng([seed, class_idx, number])
+
+
+def _varied_size(rng: np.random.Generator, image_size) -> tuple[int, int]:
+    """Vary ``(width, height)`` by +-20%, and make about one picture in four portrait."""
+    width, height = (round(s * rng.uniform(0.8, 1.2)) for s in image_size)
+    if rng.random() < 0.25:
+        width, height = height, width
+    return width, height
+
+
+# --- writing a sample atomically -----------------------------------------------------------
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _build_sample(final_dir: Path, params: dict, build) -> Path:
+    """Run ``build(tmp_dir)`` in ``<final_dir>.part`` and move it into place when complete.
+
+    The marker is written last, and only then is the folder renamed, so an interrupted run leaves
+    a ``.part`` folder (deleted by the next run), never a half-made sample. An existing sample with
+    the same parameters is kept; a folder that is not one of our samples is never overwritten.
+    """
+    final_dir = Path(final_dir)
+    if _read_marker(final_dir) == params:
+        return final_dir
+    if final_dir.exists() and _read_marker(final_dir) is None and any(final_dir.iterdir()):
+        raise FileExistsError(
+            f"{final_dir} exists and is not a generated sample (no {MARKER}); it may be real data. "
+            "Pass another root, or delete the folder if you want a sample there."
+        )
+    tmp_dir = final_dir.with_name(final_dir.name + ".part")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    build(tmp_dir)
+    (tmp_dir / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+    shutil.rmtree(final_dir, ignore_errors=True)  # an older or different sample
+    os.replace(tmp_dir, final_dir)
+    return final_dir
+
+
+# --- Oxford-IIIT Pet -----------------------------------------------------------------------
+
+def _save_image(img: Image.Image, path: Path, mode: str = "RGB") -> None:
+    """Save as a normal JPEG, or as one of the awkward files of the real set."""
+    if mode == "RGB":
+        img.save(path, "JPEG", quality=90)
+    elif mode == "L":
+        img.convert("L").save(path, "JPEG", quality=90)
+    elif mode == "CMYK":
+        img.convert("CMYK").save(path, "JPEG", quality=90)
+    elif mode == "P":
+        img.convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(path, "GIF")
+    elif mode == "RGBA":
+        # a cut-out: a fully transparent frame whose hidden colour is black, so dropping the alpha
+        # channel (``convert("RGB")``) shows a black frame and compositing on white a white one
+        rgba = img.convert("RGBA")
+        alpha = np.zeros((img.height, img.width), dtype=np.uint8)
+        my, mx = img.height // 8, img.width // 8
+        alpha[my:img.height - my, mx:img.width - mx] = 255
+        pixels = np.asarray(rgba).copy()
+        pixels[..., 3] = alpha
+        pixels[alpha == 0, :3] = 0
+        Image.fromarray(pixels, "RGBA").save(path, "PNG")
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+
+
+def _pick_numbers(rng: np.random.Generator, breed: str, count: int) -> list[int]:
+    """Image numbers like the real set's (1..200, with gaps), including the awkward files' numbers."""
+    forced = [int(name.rsplit("_", 1)[1].split(".")[0]) for name in AWKWARD_IMAGES
+              if name.rsplit("_", 1)[0] == breed]
+    pool = np.setdiff1d(np.arange(1, 201), forced)
+    extra = rng.choice(pool, size=max(0, count - len(forced)), replace=False)
+    return sorted(forced + [int(n) for n in extra])
+
+
+def make_pets_sample(root, images_per_breed: int = 8, image_size=(160, 120), seed: int = 0) -> Path:
+    """Write a small Oxford-IIIT Pet look-alike to ``<root>/oxford-iiit-pet/`` and return it (notebook 01).
+
+    Same layout as the real extraction: ``images/<Breed_Name>_<n>.jpg`` for all 37 breeds (cats
+    Capitalised, dogs lower case), ``annotations/list.txt`` (``#`` header, then
+    ``Image CLASS-ID SPECIES BREED-ID`` rows), ``annotations/trainval.txt`` and ``test.txt``
+    (about half of each breed each), and the real set's awkward files (see ``AWKWARD_IMAGES`` and
+    ``NON_IMAGE_FILES``). ``image_size=(width, height)`` is varied +-20% per picture.
+    A finished sample with the same parameters is reused.
+    """
+    if images_per_breed < 2:
+        raise ValueError(f"images_per_breed={images_per_breed}: need at least 2 (one trainval, one test).")
+    params = {"kind": "oxford-iiit-pet", "version": _SAMPLE_VERSION, "seed": seed,
+              "images_per_breed": images_per_breed, "image_size": list(image_size)}
+
+    def build(pet_dir: Path) -> None:
+        images_dir, annotations_dir = pet_dir / "images", pet_dir / "annotations"
+        images_dir.mkdir()
+        annotations_dir.mkdir()
+        rows = []  # (name without extension, class id, species, breed id)
+        trainval, test = [], []
+        for class_idx, breed in enumerate(PET_BREEDS):
+            species = 1 if breed in CAT_BREEDS else 2
+            breed_id = (CAT_BREEDS if species == 1 else DOG_BREEDS).index(breed) + 1
+            breed_rng = np.random.default_rng([seed, class_idx])
+            numbers = _pick_numbers(breed_rng, breed, images_per_breed)
+            for number in numbers:
+                name = f"{breed}_{number}"
+                rng = _image_rng(seed, class_idx, number)
+                img = draw_sample(class_idx, rng, _varied_size(rng, image_size))
+                _save_image(img, images_dir / f"{name}.jpg", AWKWARD_IMAGES.get(f"{name}.jpg", "RGB"))
+                rows.append((name, class_idx + 1, species, breed_id))
+            in_trainval = set(breed_rng.permutation(numbers)[: (len(numbers) + 1) // 2].tolist())
+            for row in rows[-len(numbers):]:
+                (trainval if int(row[0].rsplit("_", 1)[1]) in in_trainval else test).append(row)
+        for name in NON_IMAGE_FILES:
+            # the real .mat files are MATLAB 5.0 files; a header and padding is enough to trip a loader
+            header = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by tlhelpers.samples"
+            (images_dir / name).write_bytes(header.ljust(128, b" ") + bytes(64))
+
+        def write_rows(path: Path, table, header: str = "") -> None:
+            lines = [f"{name} {class_id} {species} {breed_id}\n" for name, class_id, species, breed_id in table]
+            path.write_text(header + "".join(lines), newline="\n")
+
+        # like the real files: ordered by class, then by name as a string (Abyssinian_10 < Abyssinian_5)
+        for table in (rows, trainval, test):
+            table.sort(key=lambda row: (row[1], row[0]))
+        write_rows(annotations_dir / "list.txt", rows, _LIST_HEADER)
+        write_rows(annotations_dir / "trainval.txt", trainval)
+        write_rows(annotations_dir / "test.txt", test)
+
+    return _build_sample(Path(root) / "oxford-iiit-pet", params, build)
+
+
+def read_pets_list(path) -> list[dict]:
+    """Parse an Oxford-IIIT Pet ``list.txt``/``trainval.txt``/``test.txt`` into row dicts (notebook 01).
+
+    Each row: ``{"image": "Abyssinian_100", "class_id": 1, "species": 1, "breed_id": 1}``
+    (species 1 = cat, 2 = dog); ``#`` header lines are skipped.
+    """
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise ValueError(f"{path}, line {line_no}: expected 'Image CLASS-ID SPECIES BREED-ID', got {line!r}")
+        image, class_id, species, breed_id = parts[0], *map(int, parts[1:])
+        rows.append({"image": image, "class_id": class_id, "species": species, "breed_id": breed_id})
+    return rows
+
+
+def ensure_pets(root=None, quick: bool | None = None) -> Path:
+    """The Oxford-IIIT Pet folder (the one holding ``images/`` and ``annotations/``) (notebook 01).
+
+    Quick mode: the generated sample in ``<root>/quick/oxford-iiit-pet`` (made once, redone if an
+    earlier run was interrupted). Full mode: the real data set, downloaded and extracted by
+    ``tlhelpers.data`` into ``<root>/oxford-iiit-pet``. ``root`` defaults to
+    ``tlhelpers.config.data_dir()`` and ``quick`` to ``tlhelpers.config.is_quick()``.
+    """
+    from tlhelpers import config
+
+    root = Path(root) if root is not None else config.data_dir()
+    quick = config.is_quick() if quick is None else quick
+    if quick:
+        return make_pets_sample(root / "quick")
+
+    from tlhelpers import data  # imported here: quick mode never needs the download code
+
+    return data.ensure_dataset("oxford-iiit-pet-fastai", root)
+
+
+# --- a generic image-folder tree -----------------------------------------------------------
+
+def make_image_folder_sample(
+    root,
+    classes: int | Sequence[str] = 10,
+    images_per_class: int = 20,
+    size=(32, 32),
+    split_dirs: bool = False,
+    val_pct: float = 0.2,
+    seed: int = 0,
+) -> Path:
+    """Write a small learnable ``<root>/<class>/<class>_<n>.jpg`` tree and return ``root`` (notebook 01).
+
+    ``classes`` is a number of classes (named ``class_00``, ``class_01``, ...) or a list of names.
+    With ``split_dirs=True`` the tree is ``<root>/train/<class>/`` and ``<root>/val/<class>/``
+    (``val_pct`` of each class in ``val/``), the layout ``torchvision.datasets.ImageFolder`` and
+    "bring your own photos" folders use. ``size=(width, height)`` is the same for every image.
+    A finished sample with the same parameters is reused.
+    """
+    names = [f"class_{i:02d}" for i in range(classes)] if isinstance(classes, int) else list(classes)
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"classes={classes!r}: need at least one class and no duplicate names.")
+    if split_dirs and not 0 < round(images_per_class * val_pct) < images_per_class:
+        raise ValueError(f"val_pct={val_pct} with images_per_class={images_per_class} leaves a split empty.")
+    params = {"kind": "image-folder", "version": _SAMPLE_VERSION, "seed": seed, "classes": names,
+              "images_per_class": images_per_class, "size": list(size),
+              "split_dirs": split_dirs, "val_pct": val_pct}
+    n_val = round(images_per_class * val_pct) if split_dirs else 0
+
+    def build(folder: Path) -> None:
+        for class_idx, name in enumerate(names):
+            for number in range(1, images_per_class + 1):
+                split = ("val" if number > images_per_class - n_val else "train") if split_dirs else ""
+                out_dir = folder / split / name
+                out_dir.mkdir(parents=True, exist_ok=True)
+                img = draw_sample(class_idx, _image_rng(seed, class_idx, number), size)
+                img.save(out_dir / f"{name}_{number}.jpg", "JPEG", quality=90)
+
+    return _build_sample(Path(root), params, build)
