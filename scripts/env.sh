@@ -14,9 +14,12 @@ source "$VENV/bin/activate"
 stamp="$VENV/.tlh-installed"
 want="$(cat "$REPO/requirements.txt" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -r "$REPO/requirements.txt"
-    python -m pip install --quiet --no-deps -e "$REPO"
+    # (a machine-wide pip.conf may list local indexes; drop its noise about missing folders)
+    {
+        python -m pip install --quiet --upgrade pip
+        python -m pip install --quiet -r "$REPO/requirements.txt"
+        python -m pip install --quiet --no-deps -e "$REPO"
+    } 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     python -m ipykernel install --sys-prefix --name python3 >/dev/null
     echo "$want" > "$stamp"
 fi
