@@ -38,14 +38,35 @@ def export_model(path, model: nn.Module, classes, image_size: int, backbone: str
                            dropout=float(dropout), **extra)
 
 
+#: What every export holds besides the weights (``load_exported`` checks them).
+REQUIRED_KEYS = ("backbone", "classes", "num_classes", "image_size", "mean", "std")
+
+
 def load_exported(path, map_location="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the network saved by :func:`export_model`; returns ``(model in eval mode, meta)`` (notebook 08)."""
+    """Rebuild the network saved by :func:`export_model`; returns ``(model in eval mode, meta)`` (notebook 08).
+
+    ``meta`` is the file's dict without the weights: ``classes``, ``image_size``, ``mean``, ``std``,
+    ``backbone`` and whatever extra values were exported. Raises ``FileNotFoundError`` or
+    ``ValueError`` with a message naming ``path`` when it is not an export this code can use.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No exported model at {path}: check the path, or export one with "
+                                "tlhelpers.export.export_model (notebooks 06 and 08 do).")
     ckpt = load_checkpoint(path, map_location=map_location)
     if ckpt.get("kind") != EXPORT_KIND:
         raise ValueError(f"{path} is a training checkpoint, not an exported classifier: it has no class names "
                          "or preprocessing. Export one with tlhelpers.export.export_model(path, model, classes, image_size).")
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is an incomplete export: it lacks {', '.join(missing)}. Export it again "
+                         "with tlhelpers.export.export_model.")
     model = create_model(ckpt["backbone"], ckpt["num_classes"], pretrained=False, dropout=ckpt.get("dropout", 0.0))
-    model.load_state_dict(ckpt.pop("state_dict"))
+    try:
+        model.load_state_dict(ckpt.pop("state_dict"))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit a {ckpt['backbone']!r} network with "
+                         f"{ckpt['num_classes']} classes ({err}). Export it again with tlhelpers.export.export_model.") from err
     model.eval()
     return model, ckpt
 

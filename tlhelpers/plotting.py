@@ -244,3 +244,183 @@ def plot_class_balance(splits, classes, normalize=True, title="Class balance"):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --- interpretation ---
+# Figures of notebook 08: the worst predictions, a confusion matrix that stays readable with 37
+# classes, accuracy per class, Grad-CAM heatmaps and the top-k bars of one prediction. The
+# numbers behind them come from tlhelpers.interpret and tlhelpers.predict.
+
+
+def readable_class_name(name) -> str:
+    """``"american_pit_bull_terrier"`` -> ``"american pit bull terrier"``; cats keep their capitals (notebook 08)."""
+    return str(name).replace("_", " ")
+
+
+def _species_colour(name):
+    from tlhelpers.pets import is_cat
+
+    return "tab:orange" if is_cat(str(name)) else "tab:blue"
+
+
+def plot_top_losses(dataset, probs, targets, indices, classes, mean=None, std=None, ncols=4,
+                    title="Top losses: the validation images the model got most wrong"):
+    """The images at ``indices`` titled actual / predicted (probability) / loss (notebook 08); returns the Figure.
+
+    ``dataset[i]`` must give the normalised image tensor the model saw (the validation transform);
+    ``probs``/``targets`` are indexed like ``dataset`` (from ``tlhelpers.train.get_predictions``).
+    """
+    import math
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    probs, targets = torch.as_tensor(probs), torch.as_tensor(targets)
+    indices = [int(i) for i in indices]
+    ncols = max(1, min(ncols, len(indices)))
+    nrows = max(1, math.ceil(len(indices) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 3.3 * nrows + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices):
+        actual, predicted = int(targets[i]), int(probs[i].argmax())
+        p_actual = float(probs[i, actual])
+        ax.imshow(_to_hwc(dataset[i][0], mean, std, True))
+        ax.set_title(f"actual: {readable_class_name(classes[actual])}\n"
+                     f"predicted: {readable_class_name(classes[predicted])} ({float(probs[i, predicted]):.2f})\n"
+                     f"loss {-math.log(max(p_actual, 1e-12)):.2f}, p(actual) {p_actual:.2f}",
+                     fontsize=8, color="black" if actual == predicted else "firebrick")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_confusion(cm, classes, order=None, normalize=True, annotate=None, ax=None,
+                         title="Confusion matrix"):
+    """A confusion matrix that stays readable with many classes (notebook 08); returns the Axes.
+
+    - ``normalize=True`` divides each row by its total: the colour is the share of the actual
+      class's images that went to each prediction (the diagonal is per-class accuracy), so rare
+      and common classes are on the same 0-1 scale.
+    - ``order``: class indices to show, in that order (``tlhelpers.interpret.cluster_order`` puts
+      confused classes next to each other; ``most_confused_classes`` picks a subset to zoom in).
+    - ``annotate``: write the counts in the cells (default: only when 15 classes or fewer).
+    Tick labels use readable names, cats in orange and dogs in blue.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from tlhelpers.interpret import normalize_rows
+
+    cm = np.asarray(cm)
+    order = list(range(len(cm))) if order is None else [int(i) for i in order]
+    counts = cm[np.ix_(order, order)]
+    values = normalize_rows(cm)[np.ix_(order, order)] if normalize else counts
+    names = [readable_class_name(classes[i]) for i in order]
+    n = len(order)
+    annotate = n <= 15 if annotate is None else annotate
+    if ax is None:
+        side = max(4.5, 0.24 * n + 2.5)
+        _, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, values.max()))
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                       label="share of the actual class" if normalize else "images")
+    fontsize = 8 if n <= 20 else 6.5
+    ax.set_xticks(range(n), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    for label, i in zip(ax.get_xticklabels() + ax.get_yticklabels(), order + order):
+        label.set_color(_species_colour(classes[i]))
+    ax.grid(False)
+    if annotate:
+        for r in range(n):
+            for c in range(n):
+                if counts[r, c]:
+                    ax.text(c, r, int(counts[r, c]), ha="center", va="center", fontsize=fontsize,
+                            color="white" if values[r, c] > 0.6 * (1 if normalize else values.max()) else "black")
+    ax.set(title=title, xlabel="predicted breed", ylabel="actual breed")
+    return ax
+
+
+def plot_per_class_accuracy(table, title="Accuracy per breed, worst first"):
+    """Horizontal bars of ``interpret.per_class_accuracy``'s table, worst at the top (notebook 08); returns the Figure.
+
+    Each label shows how many validation images the accuracy rests on; the dashed line is the
+    overall accuracy. Cats orange, dogs blue.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    table = table.dropna(subset=["accuracy"])
+    names = [f"{readable_class_name(name)} ({int(n)})" for name, n in zip(table.index, table["images"])]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(table) + 1.2)))
+    ax.barh(range(len(table)), 100 * table["accuracy"], color=[_species_colour(c) for c in table.index])
+    ax.set_yticks(range(len(table)), names, fontsize=7 if len(table) > 20 else 9)
+    ax.invert_yaxis()  # worst first, at the top
+    overall = 100 * table["correct"].sum() / max(1, table["images"].sum())
+    ax.axvline(overall, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 100)
+    ax.set(title=title, xlabel="accuracy on the validation images (%)", ylabel="breed (validation images)")
+    ax.legend(handles=[Patch(color="tab:orange", label="cat"), Patch(color="tab:blue", label="dog"),
+                       plt.Line2D([], [], color="gray", linestyle="--", label=f"overall {overall:.0f}%")],
+              loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gradcam(images, heatmaps, titles=None, mean=None, std=None, alpha=0.5,
+                 title="Grad-CAM: where the evidence for the class is"):
+    """Each image above its Grad-CAM heatmap overlaid on it (notebook 08); returns the Figure.
+
+    ``images``: normalised ``(B, 3, H, W)``; ``heatmaps``: ``(B, H, W)`` in 0-1 from
+    ``tlhelpers.interpret.grad_cam``. Red = strong evidence, blue = none.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    titles = list(titles) if titles is not None else [""] * n
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.9), squeeze=False)
+    for j in range(n):
+        picture = _to_hwc(images[j], mean, std, True)
+        axes[0, j].imshow(picture)
+        axes[0, j].set_title(titles[j], fontsize=8)
+        axes[1, j].imshow(picture)
+        overlay = axes[1, j].imshow(heatmaps[j].detach().cpu().numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1,
+                                    interpolation="bilinear")
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("Grad-CAM overlay")
+    fig.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01, label="evidence (0-1)")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_top_k(image, top, title="Prediction", actual=None):
+    """An image beside the bar chart of its top-k classes and probabilities (notebook 08); returns the Figure.
+
+    ``image``: a PIL image or an (H, W, 3) array; ``top``: ``[(class, probability), ...]`` most
+    likely first (``tlhelpers.predict.Prediction.top``). ``actual``: the true class, if known
+    (its bar is drawn green).
+    """
+    import matplotlib.pyplot as plt
+
+    names = [readable_class_name(name) for name, _ in top]
+    probs = [100 * p for _, p in top]
+    colours = ["tab:green" if actual is not None and name == actual else _species_colour(name) for name, _ in top]
+    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1, 1.4]})
+    ax_img.imshow(image)
+    ax_img.set(xlabel="width (pixels)", ylabel="height (pixels)",
+               title=f"actual: {readable_class_name(actual)}" if actual is not None else "input image")
+    ax_img.grid(False)
+    ax_bar.barh(range(len(top)), probs, color=colours)
+    ax_bar.set_yticks(range(len(top)), names)
+    ax_bar.invert_yaxis()  # most likely on top
+    for y, p in enumerate(probs):
+        ax_bar.text(min(p + 1, 88), y, f"{p:.1f}%", va="center", fontsize=9)
+    ax_bar.set_xlim(0, 100)
+    ax_bar.set(title=f"top-{len(top)} classes", xlabel="probability (%)", ylabel="class")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -66,6 +66,7 @@ MARKER = ".tlhelpers-sample.json"
 _SAMPLE_VERSION = 1  # bump when the drawing changes, so old samples are regenerated
 
 _SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring")
+_TEXTURES = ("plain", "horizontal", "vertical", "checker", "diagonal", "dots")
 _BACKGROUNDS = (  # well separated RGB colours
     (35, 45, 95),     # navy
     (225, 205, 160),  # sand
@@ -90,10 +91,11 @@ _LIST_HEADER = (
 # --- drawing -------------------------------------------------------------------------------
 
 def class_style(class_idx: int) -> dict:
-    """The look of class ``class_idx``: background colour, shape and shape colour (notebook 01).
+    """The look of class ``class_idx``: background colour and texture, shape, shape colour (notebook 01).
 
-    Shape cycles through 6 and background through 7 values, so the pair is unique for the first
-    42 classes; the shape colour (hue stepped by the golden ratio) is unique for every class.
+    The background alone (7 colours x 6 textures) is unique for the first 42 classes, so even a
+    random crop that misses the shape shows the class; the shape (6 kinds) and its colour (hue
+    stepped by the golden ratio, unique for every class) say it a second time.
     """
     hue = (class_idx * 0.618034) % 1.0
     value = 0.95 if class_idx % 2 == 0 else 0.7
@@ -101,6 +103,7 @@ def class_style(class_idx: int) -> dict:
     return {
         "shape": _SHAPES[class_idx % len(_SHAPES)],
         "background": _BACKGROUNDS[class_idx % len(_BACKGROUNDS)],
+        "texture": _TEXTURES[(class_idx // len(_BACKGROUNDS)) % len(_TEXTURES)],
         "foreground": foreground,
     }
 
@@ -135,6 +138,23 @@ def _draw_shape(draw, shape, cx, cy, r, angle, colour):
         raise ValueError(f"unknown shape {shape!r}")
 
 
+def _texture(texture: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A (height, width) pattern in [-1, 1] with a random period and phase; zeros for "plain"."""
+    period = max(3.0, min(width, height) * rng.uniform(0.09, 0.14))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    x, y = x + rng.uniform(0, period), y + rng.uniform(0, period)
+    wave = {
+        "plain": lambda: np.zeros_like(x),
+        "horizontal": lambda: np.sin(2 * np.pi * y / period),
+        "vertical": lambda: np.sin(2 * np.pi * x / period),
+        "checker": lambda: np.sign(np.sin(np.pi * x / period) * np.sin(np.pi * y / period)),
+        "diagonal": lambda: np.sin(2 * np.pi * (x + y) / (1.4 * period)),
+        "dots": lambda: 2.0 * (((x % period) - period / 2) ** 2 + ((y % period) - period / 2) ** 2
+                               < (period / 4) ** 2) - 1,
+    }[texture]
+    return wave()
+
+
 def _to_uint8(arr) -> np.ndarray:
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
@@ -149,10 +169,11 @@ def draw_sample(class_idx: int, rng: np.random.Generator, size=(160, 120)) -> Im
     style = class_style(class_idx)
     side = min(width, height)
 
-    # background: the class colour, jittered, with a random gentle gradient
+    # background: the class colour and texture, jittered, with a random gentle gradient
     background = np.asarray(style["background"], dtype=np.float64) + rng.normal(0, 12, 3)
     gradient = np.linspace(-1, 1, height)[:, None, None] * rng.uniform(-25, 25, 3)
-    img = Image.fromarray(_to_uint8(np.broadcast_to(background, (height, width, 3)) + gradient))
+    texture = _texture(style["texture"], width, height, rng)[:, :, None] * rng.uniform(18, 28)
+    img = Image.fromarray(_to_uint8(background + gradient + texture))
     draw = ImageDraw.Draw(img)
 
     # clutter: small blobs of random colours, so "class = one colour somewhere" is not enough

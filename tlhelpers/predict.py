@@ -1,0 +1,199 @@
+"""Predict the classes of image files with an exported model: in a notebook or from the command line (notebook 08).
+
+In a notebook (the model and meta from ``tlhelpers.export.load_exported``)::
+
+    predictions = predict_images(model, meta, ["my_cat.jpg"], k=5)
+    predictions[0].top     # [("Bengal", 0.91), ("Egyptian_Mau", 0.04), ...]
+
+From a terminal, in a fresh process::
+
+    python -m tlhelpers.predict data/models/pets_best.pt my_cat.jpg my_dog.png --top-k 3
+    python -m tlhelpers.predict MODEL IMAGE... --json     # every probability, full precision
+
+Both go through the same ``predict_images``. The command exits with code 2 and a message naming
+the file for a missing or unreadable image and for a checkpoint that is not an exported model
+(a training checkpoint, a bare state_dict, any other file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["Prediction", "PredictError", "check_image_paths", "load_images", "predict_images",
+           "format_predictions", "main", "run_in_fresh_process"]
+
+#: Exit status for bad input (the same as argparse uses for bad arguments).
+EXIT_BAD_INPUT = 2
+
+
+class PredictError(Exception):
+    """Bad input for prediction (missing/unreadable image, not an exported model); names the file (notebook 08)."""
+
+
+@dataclass
+class Prediction:
+    """The prediction for one image file (notebook 08)."""
+
+    path: str
+    top: list          # the k most likely classes, most likely first: [(class name, probability), ...]
+    probs: list        # the probability of every class, in the export's class order
+
+    @property
+    def label(self) -> str:
+        """The most likely class."""
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        """The probability of the most likely class."""
+        return self.top[0][1]
+
+
+def check_image_paths(paths) -> list[Path]:
+    """The paths as ``Path`` objects; ``PredictError`` naming the first missing file or folder (notebook 08)."""
+    checked = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise PredictError(f"image not found: {path}")
+        if path.is_dir():
+            raise PredictError(f"{path} is a folder, not an image file: pass the image files (e.g. {path}/*.jpg).")
+        checked.append(path)
+    return checked
+
+
+def load_images(paths, meta: dict) -> torch.Tensor:
+    """Read image files as one ``(B, 3, size, size)`` batch, preprocessed as recorded in ``meta`` (notebook 08)."""
+    from tlhelpers.export import preprocess
+    from tlhelpers.pets import load_rgb
+
+    transform = preprocess(meta)
+    tensors = []
+    for path in check_image_paths(paths):
+        try:
+            image = load_rgb(path)
+        except OSError as err:
+            cause = err.__cause__ or err
+            raise PredictError(f"cannot read image {path} ({type(cause).__name__}: {cause}); "
+                               "is it a JPEG/PNG picture? Replace it or leave it out.") from err
+        tensors.append(transform(image))
+    return torch.stack(tensors)
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, meta: dict, paths, k: int = 5, batch_size: int = 32,
+                   device=None) -> list[Prediction]:
+    """Top-``k`` classes with probabilities for each image file: the one code path of notebook and CLI (notebook 08).
+
+    ``meta`` is the dict from ``load_exported`` (``classes``, ``image_size``, ``mean``, ``std``).
+    Images are read and preprocessed like the validation images (resize, centre crop,
+    normalise), ``batch_size`` at a time, on ``device`` (default: where the model is).
+    Raises ``PredictError`` naming a missing or unreadable file.
+    """
+    paths = check_image_paths(paths)  # all of them first: fail before any work
+    classes = list(meta["classes"])
+    k = max(1, min(int(k), len(classes)))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results = []
+    try:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            logits = model(load_images(chunk, meta).to(device)).float()
+            probs = logits.softmax(dim=1).cpu()
+            top_p, top_i = probs.topk(k, dim=1)
+            for path, p_row, tp, ti in zip(chunk, probs, top_p, top_i):
+                results.append(Prediction(str(path), [(classes[i], float(p)) for p, i in zip(tp.tolist(), ti.tolist())],
+                                          p_row.tolist()))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def format_predictions(predictions, width: int | None = None) -> str:
+    """The text the command line prints: each path, then its top-k classes and probabilities (notebook 08)."""
+    names = [name for pred in predictions for name, _ in pred.top]
+    width = width or max((len(n) for n in names), default=10)
+    lines = []
+    for pred in predictions:
+        lines.append(pred.path)
+        lines += [f"  {rank}. {name:<{width}}  {prob:.4f}" for rank, (name, prob) in enumerate(pred.top, start=1)]
+    return "\n".join(lines)
+
+
+def _load_model(checkpoint: Path, device: str):
+    """``load_exported`` with every failure turned into a ``PredictError`` that names the file."""
+    from tlhelpers.export import load_exported
+
+    if not checkpoint.exists():
+        raise PredictError(f"checkpoint not found: {checkpoint}")
+    if checkpoint.is_dir():
+        raise PredictError(f"{checkpoint} is a folder, not an exported model file.")
+    try:
+        return load_exported(checkpoint, map_location=device)
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        raise PredictError(f"{checkpoint} is not an exported model this tool can use: {err}") from err
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tlhelpers.predict",
+        description="Print the most likely classes of image files, with an exported model "
+                    "(tlhelpers.export.export_model, e.g. data/models/pets_best.pt from notebook 06).")
+    parser.add_argument("checkpoint", type=Path, help="the exported model (.pt)")
+    parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--top-k", type=_positive_int, default=5, help="how many classes per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON with every probability, full precision")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The command line: ``python -m tlhelpers.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
+    args = _parser().parse_args(argv)
+    try:
+        check_image_paths(args.images)  # cheap checks before loading the model
+        model, meta = _load_model(args.checkpoint, args.device)
+        predictions = predict_images(model, meta, args.images, k=args.top_k, batch_size=args.batch_size,
+                                     device=args.device)
+    except PredictError as err:
+        print(f"predict: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps([asdict(pred) for pred in predictions]))
+    else:
+        print(format_predictions(predictions))
+    return 0
+
+
+def run_in_fresh_process(checkpoint, images, *options: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the command line in a new Python process, with this ``tlhelpers`` on its path (notebook 08).
+
+    Returns the ``CompletedProcess`` (``returncode``, ``stdout``, ``stderr`` as text). A fresh
+    process shares nothing with the notebook: what it predicts comes from the file alone.
+    """
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "tlhelpers.predict", str(checkpoint), *map(str, images), *options]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

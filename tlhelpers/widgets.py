@@ -1,0 +1,227 @@
+"""Interactive touches that degrade to plain output under nbval, nbconvert and in a terminal (notebook 08).
+
+- ``widgets_enabled``  True in a Jupyter kernel with ipywidgets (``TLH_NO_WIDGETS=1`` turns them off)
+- ``slider``           a slider over ``render(i)`` figures, e.g. a batch of predictions
+- ``dropdown``         the same with a drop-down list, e.g. to pick a backbone
+- ``image_upload``     a file-upload button (``None`` where there is no live frontend)
+- ``uploaded_image``   the uploaded file saved to disk, or ``None``: fall back to a path
+- ``show``             display a figure now (also from a widget callback) and close it
+
+How the fallback works: a widget's output is a bundle of formats. A live JupyterLab, Notebook,
+VS Code or Colab draws the interactive widget; everything else (nbval, nbconvert, GitHub's
+notebook viewer, a notebook reopened without its kernel) cannot, and shows the next format it
+understands. ``slider`` and ``dropdown`` add a PNG of the default position to the bundle, so
+those readers see the figure instead of ``IntSlider(value=0, ...)``. Outside Jupyter, or without
+ipywidgets, the default position is simply drawn as a normal figure.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+__all__ = ["widgets_enabled", "figure_png", "show", "slider", "dropdown", "interactive_figure",
+           "image_upload", "uploaded_image"]
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def widgets_enabled() -> bool:
+    """True when widgets can work here: an IPython kernel with ipywidgets, and no ``TLH_NO_WIDGETS=1`` (notebook 08)."""
+    from tlhelpers import config
+
+    if config._flag("TLH_NO_WIDGETS", default=False):
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (notebook 08)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def show(fig) -> None:
+    """Display ``fig`` now and close it, so it is drawn exactly once (notebook 08).
+
+    In a notebook cell an open figure is drawn when the cell ends; inside a widget callback
+    nothing is drawn unless we display it, hence this helper. In a terminal: ``plt.show()``.
+    """
+    import matplotlib.pyplot as plt
+
+    if _in_ipython():
+        from IPython.display import display
+
+        display(fig)
+        plt.close(fig)
+    else:
+        plt.show()
+
+
+class _WithStaticFallback:
+    """Displays a widget; readers that cannot run widgets get ``png`` (and ``text``) instead."""
+
+    def __init__(self, widget, png: bytes, text: str):
+        self.widget, self.png, self.text = widget, png, text
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        data = dict(self.widget._repr_mimebundle_() or {})  # {"text/plain": ..., _WIDGET_VIEW: {...}}
+        data["image/png"] = base64.b64encode(self.png).decode("ascii")
+        data["text/plain"] = self.text
+        return data
+
+
+def interactive_figure(render, control, description: str = ""):
+    """Show ``render(control.value)`` (a matplotlib Figure) and redraw it whenever ``control`` changes (notebook 08).
+
+    ``control`` is any ipywidgets value widget (``IntSlider``, ``Dropdown``, ...). Returns the
+    widget box, or ``None`` where widgets cannot run: then the figure of the current value is
+    drawn as a normal figure. Figures are cached per value, so moving back is instant.
+    """
+    import matplotlib.pyplot as plt
+
+    cache: dict = {}
+
+    def png_for(value) -> bytes:
+        if value not in cache:
+            fig = render(value)
+            cache[value] = figure_png(fig)
+            plt.close(fig)
+        return cache[value]
+
+    if not widgets_enabled():
+        fig = render(control.value if control is not None else None)
+        show(fig)
+        return None
+
+    import ipywidgets
+    from IPython.display import display
+
+    image = ipywidgets.Image(value=png_for(control.value), format="png", layout=ipywidgets.Layout(max_width="100%"))
+
+    def on_change(change):
+        image.value = png_for(change["new"])
+
+    control.observe(on_change, names="value")
+    box = ipywidgets.VBox([control, image])
+    text = f"{description or type(control).__name__}: {control.value!r} (move the control in a live Jupyter session)"
+    display(_WithStaticFallback(box, cache[control.value], text))
+    return box
+
+
+def slider(render, n: int, start: int = 0, description: str = "image"):
+    """A slider over ``render(0) .. render(n - 1)`` figures; plain figure ``render(start)`` without widgets (notebook 08)."""
+    if n < 1:
+        raise ValueError(f"slider: need n >= 1 positions, got {n}.")
+    if not widgets_enabled():
+        return interactive_figure(render, _Static(start), description)
+    import ipywidgets
+
+    control = ipywidgets.IntSlider(value=start, min=0, max=n - 1, step=1, description=description,
+                                   continuous_update=False)
+    return interactive_figure(render, control, description)
+
+
+def dropdown(render, options, value=None, description: str = ""):
+    """A drop-down list over ``render(option)`` figures; plain figure of ``value`` without widgets (notebook 08)."""
+    options = list(options)
+    value = options[0] if value is None else value
+    if value not in options:
+        raise ValueError(f"dropdown: value {value!r} is not one of {options}.")
+    if not widgets_enabled():
+        return interactive_figure(render, _Static(value), description)
+    import ipywidgets
+
+    return interactive_figure(render, ipywidgets.Dropdown(options=options, value=value, description=description),
+                              description)
+
+
+class _Static:
+    """Stands in for a control where widgets cannot run: only a fixed ``value``."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+# --- your own image -----------------------------------------------------------------------------
+
+def image_upload(on_image=None, description: str = "Upload image"):
+    """A file-upload button for one image; ``None`` (and a hint) where widgets cannot run (notebook 08).
+
+    ``on_image(path)`` (optional) runs right after each upload, with the file saved by
+    ``uploaded_image``; a Figure it returns is shown below the button. Read the upload later
+    with ``uploaded_image(upload)``.
+    """
+    if not widgets_enabled():
+        print("(No live Jupyter frontend here, so no upload button: set the image path in the next cell.)")
+        return None
+    import ipywidgets
+    from IPython.display import display
+
+    upload = ipywidgets.FileUpload(accept="image/*", multiple=False, description=description)
+    output = ipywidgets.Output()
+
+    def on_change(change):
+        path = uploaded_image(upload)
+        if path is None or on_image is None:
+            return
+        with output:
+            output.clear_output(wait=True)
+            try:
+                result = on_image(path)
+            except Exception as err:  # noqa: BLE001 - show the reader what went wrong, keep the button alive
+                print(f"Could not use {path.name}: {err}")
+                return
+            if result is not None and hasattr(result, "savefig"):
+                show(result)
+
+    upload.observe(on_change, names="value")
+    display(ipywidgets.VBox([upload, output]))
+    return upload
+
+
+def _uploaded_files(upload) -> list[tuple[str, bytes]]:
+    """``(name, content)`` pairs from a FileUpload: ipywidgets 8 (a tuple of dicts) or 7 (a dict by name)."""
+    value = getattr(upload, "value", None) or ()
+    if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": ..., "content": bytes}}
+        return [(name, bytes(item["content"])) for name, item in value.items()]
+    return [(item["name"], bytes(item["content"])) for item in value]
+
+
+def uploaded_image(upload, folder=None) -> Path | None:
+    """Save the last uploaded file to ``folder`` (default ``<data_dir>/uploads``) and return its path (notebook 08).
+
+    ``None`` when ``upload`` is ``None`` (no widgets) or nothing was uploaded yet: use your
+    default path then, ``uploaded_image(upload) or default_path``.
+    """
+    if upload is None:
+        return None
+    files = _uploaded_files(upload)
+    if not files:
+        return None
+    from tlhelpers import config
+
+    name, content = files[-1]
+    folder = Path(folder) if folder is not None else config.data_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (Path(name).name or "upload")  # keep only the file name: no "../" from a browser
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(content)
+    os.replace(part, path)
+    return path
