@@ -10,7 +10,7 @@ from torchvision.datasets import ImageFolder
 
 from tlhelpers import folder
 from tlhelpers.folder import (
-    FolderError, balanced_sampler, class_weights, format_metrics_table, load_image_folder, per_class_accuracy,
+    FolderError, balanced_sampler, class_weights, format_metrics_table, load_image_folder, validation_metrics,
     scan_image_folder, split_per_class, train_on_folder,
 )
 from tlhelpers.efficientnet_lite import LITE0_MEAN
@@ -254,8 +254,8 @@ def test_weighted_loss_is_for_training_only():
 
 # --- metrics -------------------------------------------------------------------------------
 
-def test_per_class_accuracy_and_table():
-    metrics = per_class_accuracy(torch.tensor([0, 0, 1, 1, 1, 2]), [0, 0, 0, 1, 1, 2], ["a", "b", "c"])
+def test_validation_metrics_and_table():
+    metrics = validation_metrics(torch.tensor([0, 0, 1, 1, 1, 2]), [0, 0, 0, 1, 1, 2], ["a", "b", "c"])
     assert metrics["val_acc"] == pytest.approx(5 / 6)
     assert metrics["per_class"]["a"] == {"images": 3, "correct": 2, "accuracy": pytest.approx(2 / 3)}
     assert metrics["balanced_acc"] == pytest.approx((2 / 3 + 1 + 1) / 3)
@@ -264,7 +264,7 @@ def test_per_class_accuracy_and_table():
     assert "a                                3        2     66.7%" in table
     assert "overall" in table and "83.3%" in table
     probs = torch.eye(3)[[0, 0, 1, 1, 1, 2]]  # probabilities give the same result as labels
-    assert per_class_accuracy(probs, [0, 0, 0, 1, 1, 2], ["a", "b", "c"])["val_acc"] == metrics["val_acc"]
+    assert validation_metrics(probs, [0, 0, 0, 1, 1, 2], ["a", "b", "c"])["val_acc"] == metrics["val_acc"]
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -290,3 +290,14 @@ def test_train_on_folder_checks_its_arguments(flat_dir):
         train_on_folder(data, frozen_epochs=0, epochs=0)
     with pytest.raises(ValueError, match=r"unfreeze_stages=99: efficientnet_lite0 has \d+ stages"):
         train_on_folder(data, unfreeze_stages=99, progress=False)
+
+
+def test_pets_image_folder(tmp_path):
+    from tlhelpers.samples import PET_BREEDS, make_pets_sample
+
+    pets_dir = make_pets_sample(tmp_path, images_per_breed=2, image_size=(24, 20))
+    root = folder.pets_image_folder(pets_dir)
+    assert root == tmp_path / "pets_by_breed" and folder.pets_image_folder(pets_dir) == root  # made once
+    scan = scan_image_folder(root)  # the awkward files (RGBA, palette, CMYK) all decode
+    assert scan.classes == sorted(PET_BREEDS) and len(scan.train_files) == 74
+    assert Counter(scan.train_targets) == {i: 2 for i in range(37)}

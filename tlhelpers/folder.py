@@ -43,7 +43,7 @@ __all__ = [
     "IMAGE_EXTENSIONS", "VAL_DIR_NAMES", "FolderError", "FolderScan", "scan_image_folder", "split_per_class",
     "ImageFileDataset", "FolderData", "load_image_folder", "class_weights", "balanced_sampler",
     "check_backbone", "FolderModel", "create_folder_model", "FolderRun", "train_on_folder",
-    "per_class_accuracy", "format_metrics_table",
+    "validation_metrics", "format_metrics_table", "pets_image_folder",
 ]
 
 #: File endings read as images (case-insensitive): the same as ``torchvision.datasets.ImageFolder``.
@@ -475,29 +475,30 @@ def create_folder_model(data: FolderData, backbone: str | None = None, dropout: 
 
 # --- metrics -----------------------------------------------------------------------------------
 
-def per_class_accuracy(preds, targets, classes: Sequence[str]) -> dict:
-    """Accuracy per class and overall, plus the confusion matrix, from predicted and true labels (notebook 09).
+def validation_metrics(probs, targets, classes: Sequence[str]) -> dict:
+    """Accuracy overall, balanced and per class, and the confusion matrix, as plain values (notebook 09).
 
-    ``preds``: class indices, or probabilities/logits of shape (N, C) (the argmax is taken).
-    Returns ``{"val_acc", "balanced_acc", "per_class": {name: {"images", "correct", "accuracy"}},
-    "confusion_matrix": [[...]]}`` with rows = true class, columns = predicted class.
-    ``balanced_acc`` is the mean of the per-class accuracies over classes that have images.
+    ``probs``: predicted class indices, or probabilities/logits of shape (N, C), e.g. from
+    ``tlhelpers.train.get_predictions``. Returns ``{"val_acc", "balanced_acc", "per_class":
+    {name: {"images", "correct", "accuracy"}}, "confusion_matrix": [[...]]}`` in class order
+    (rows = actual class, columns = predicted; ``tlhelpers.interpret.confusion_matrix``), ready
+    to print with ``format_metrics_table`` or store in an export. ``balanced_acc`` is the mean of
+    the per-class accuracies over classes that have images: with imbalanced classes it shows
+    what plain accuracy hides.
     """
-    preds = torch.as_tensor(preds)
-    if preds.dim() == 2:
-        preds = preds.argmax(dim=1)
-    targets = torch.as_tensor(targets).long()
-    n = len(classes)
-    confusion = torch.bincount(targets * n + preds.long(), minlength=n * n).reshape(n, n)
+    from tlhelpers.interpret import confusion_matrix
+
+    cm = confusion_matrix(targets, probs, len(classes))
     per_class = {}
     for i, name in enumerate(classes):
-        images, correct = int(confusion[i].sum()), int(confusion[i, i])
+        images, correct = int(cm[i].sum()), int(cm[i, i])
         per_class[name] = {"images": images, "correct": correct,
                            "accuracy": correct / images if images else float("nan")}
+    total = int(cm.sum())
     measured = [v["accuracy"] for v in per_class.values() if v["images"]]
-    return {"val_acc": float((preds == targets).float().mean()) if len(targets) else float("nan"),
+    return {"val_acc": float(np.trace(cm)) / total if total else float("nan"),
             "balanced_acc": float(np.mean(measured)) if measured else float("nan"),
-            "per_class": per_class, "confusion_matrix": confusion.tolist()}
+            "per_class": per_class, "confusion_matrix": cm.tolist()}
 
 
 def format_metrics_table(metrics: dict) -> str:
@@ -650,7 +651,7 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
     train_time = time.perf_counter() - start
 
     probs, targets = get_predictions(model, data.valid_dl, device=device)
-    metrics = per_class_accuracy(probs, targets, data.classes)
+    metrics = validation_metrics(probs, targets, data.classes)
     metrics["val_loss"] = history[-1]["val_loss"] if history else float("nan")
     metrics["train_time_s"] = train_time
     metrics["device"] = str(device)
@@ -660,3 +661,39 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
                 "balance": data.balance, "seed": seed, "layout": data.scan.layout,
                 "train_images": len(data.train_ds), "valid_images": len(data.valid_ds), "interrupted": not finished}
     return FolderRun(model, history, metrics, data, settings)
+
+
+# --- a real folder for full mode -------------------------------------------------------------------
+
+def pets_image_folder(pets_dir=None) -> Path:
+    """The Oxford-IIIT Pet photos as an ``ImageFolder`` tree, ``<data>/pets_by_breed/<breed>/*.jpg`` (notebook 09).
+
+    Full mode of notebook 09 uses it as "your own folder": 37 breed folders of real photos.
+    ``pets_dir`` defaults to ``tlhelpers.samples.ensure_pets()`` (the download, or the quick-mode
+    sample); the tree is made next to it. The files are hard links to the originals (no extra
+    disk space), or copies where links are impossible. Made once, in a ``.part`` folder renamed
+    when complete.
+    """
+    import os
+    import shutil
+
+    from tlhelpers.pets import list_image_files, parse_breed
+    from tlhelpers.samples import ensure_pets
+
+    pets_dir = Path(pets_dir) if pets_dir is not None else ensure_pets()
+    out = pets_dir.parent / "pets_by_breed"
+    if (out / ".complete").is_file():
+        return out
+    part = out.with_name(out.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    for path in list_image_files(pets_dir):
+        target = part / parse_breed(path.name) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:  # another drive, or a file system without hard links
+            shutil.copy2(path, target)
+    (part / ".complete").write_text("made by tlhelpers.folder.pets_image_folder\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(part, out)
+    return out

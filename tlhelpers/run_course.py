@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     if config.REPO_ROOT is None:
         parser.error("run this from a clone of the course repository (the notebooks/ folder was not found)")
     os.environ["TLH_QUICK"] = "0" if args.full else "1"
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # figures must come back as outputs (build/figures), whatever backend the shell asked for
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     out_dir = (args.out or config.build_dir()).resolve()
     notebooks = sorted((config.REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:

@@ -408,3 +408,30 @@ def make_image_folder_sample(
                 img.save(out_dir / f"{name}_{number}.jpg", "JPEG", quality=90)
 
     return _build_sample(Path(root), params, build)
+
+
+# --- a stand-in for the download server ------------------------------------------------------
+
+def make_pets_archive(root):
+    """The generated Pets sample packed as ``.tgz`` behind a ``file://`` URL: quick mode's download (notebook 01).
+
+    Returns a ``tlhelpers.data.RemoteFile`` like the registry's real entry, so notebook 01 runs the
+    same download, checksum and extraction code in quick mode as on the real 800 MB archive.
+    """
+    import os
+    import tarfile
+
+    from tlhelpers.data import RemoteFile, file_checksum
+
+    root = Path(root)
+    pet_dir = make_pets_sample(root / "src")
+    archive = root / "oxford-iiit-pet-sample.tgz"
+    if not archive.exists():
+        part = archive.with_name(archive.name + ".part")
+        with tarfile.open(part, "w:gz") as tar:
+            tar.add(pet_dir, arcname="oxford-iiit-pet")
+        os.replace(part, archive)
+    return RemoteFile(url=archive.resolve().as_uri(), filename=archive.name,
+                      checksum="sha256:" + file_checksum(archive),
+                      checksum_source="computed from the generated archive when it was made",
+                      size=archive.stat().st_size)
