@@ -15,7 +15,8 @@ from tlhelpers import efficientnet_lite, models
 from tlhelpers.efficientnet_lite import LITE0_MEAN, LITE0_STD, EfficientNetLite0, efficientnet_lite0, weights_path
 from tlhelpers.models import (BACKBONES, ImageClassificationBase, PetsModel, PretrainedWeightsUnavailable, accuracy,
                               create_model, freeze_backbone, get_head, get_stages, imagenet_top_k,
-                              parameter_summary, parameter_table, resnet_stage_table, unfreeze)
+                              parameter_summary, parameter_table, resnet_stage_table, stage_param_groups,
+                              unfreeze)
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
@@ -261,6 +262,37 @@ def test_parameter_table_per_stage():
     assert table.loc["head", "trainable"] == 512 * 4 + 4
     summary = parameter_summary(model)
     assert table.loc["total"].to_dict() == summary
+
+
+def test_stage_param_groups_give_earlier_stages_lower_rates():
+    model = create_model("resnet18", 4, pretrained=False)
+    groups = stage_param_groups(model, max_lr=1e-3)
+    assert [g["name"] for g in groups] == ["head", "layer4", "layer3", "layer2", "layer1", "stem"]
+    lrs = [g["lr"] for g in groups]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)  # default min_lr = max_lr / 100
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    ratios = [a / b for a, b in zip(lrs, lrs[1:])]
+    assert ratios == pytest.approx([ratios[0]] * len(ratios))  # evenly spaced on a log scale
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.fc.parameters()}
+    torch.optim.AdamW(groups, lr=1.0)  # a valid optimizer definition
+
+
+def test_stage_param_groups_skip_frozen_parameters_and_work_through_pets_model():
+    model = PetsModel(num_classes=3, backbone="resnet18", pretrained=False)
+    model.unfreeze(last_k_stages=1)
+    groups = stage_param_groups(model, max_lr=0.01, min_lr=0.001)
+    assert [g["name"] for g in groups] == ["head", "layer4"]
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    model.freeze()
+    assert [g["name"] for g in stage_param_groups(model, 0.01)] == ["head"]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        stage_param_groups(model, 0.01)
+    with pytest.raises(ValueError, match="min_lr"):
+        stage_param_groups(model, 0.01, min_lr=0.1)
 
 
 # --- ResNet stage table and ImageNet predictions ---------------------------------------------

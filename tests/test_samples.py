@@ -111,13 +111,14 @@ def test_awkward_files(pets):
 
 # --- determinism and reuse -----------------------------------------------------------------
 
-def test_same_seed_same_bytes_other_seed_other_bytes(pets, tmp_path):
-    folder, _ = pets
-    again = make_pets_sample(tmp_path / "again")
-    assert _tree_digest(again) == _tree_digest(folder)
-    other = make_pets_sample(tmp_path / "other", images_per_breed=8, seed=1)
-    assert _tree_digest(other) != _tree_digest(folder)
-    assert (other / "images" / "Abyssinian_5.jpg").read_bytes() != (folder / "images" / "Abyssinian_5.jpg").read_bytes()
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    first = make_pets_sample(tmp_path / "first", images_per_breed=3)
+    again = make_pets_sample(tmp_path / "again", images_per_breed=3)
+    other = make_pets_sample(tmp_path / "other", images_per_breed=3, seed=1)
+    assert _tree_digest(again) == _tree_digest(first)
+    assert _tree_digest(other) != _tree_digest(first)
+    awkward = "Abyssinian_5.jpg"
+    assert (other / "images" / awkward).read_bytes() != (first / "images" / awkward).read_bytes()
 
 
 def test_finished_sample_is_reused_and_interrupted_one_redone(tmp_path):
@@ -147,11 +148,28 @@ def test_ensure_pets_quick_mode(tmp_path, monkeypatch):
     assert ensure_pets(tmp_path / "x", quick=True) == tmp_path / "x" / "quick" / "oxford-iiit-pet"
 
 
+def test_ensure_pets_full_mode_downloads_the_registered_archive(tmp_path, monkeypatch):
+    from tlhelpers import data
+
+    calls = []
+
+    def fake_ensure_dataset(name, root):
+        calls.append((name, root))
+        return root / "oxford-iiit-pet"
+
+    monkeypatch.setattr(data, "ensure_dataset", fake_ensure_dataset)
+    monkeypatch.setenv("TLH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TLH_QUICK", "0")
+    assert ensure_pets() == tmp_path / "oxford-iiit-pet"
+    assert calls == [("oxford-iiit-pet-fastai", tmp_path)] and "oxford-iiit-pet-fastai" in data.DATASETS
+
+
 # --- learnability --------------------------------------------------------------------------
 
 def _pixels(path: Path) -> np.ndarray:
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR), dtype=np.float32).ravel() / 255
+        small = img.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32).ravel() / 255
 
 
 def _nearest_centroid_accuracy(x_train, y_train, x_test, y_test) -> float:

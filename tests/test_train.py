@@ -298,6 +298,38 @@ def test_fit_one_cycle_passes_weight_decay_to_the_optimizer():
     assert created == [{"weight_decay": 1e-4}]
 
 
+def test_fit_one_cycle_with_param_groups_gives_each_group_its_own_peak():
+    train_dl, val_dl = loaders(n_train=80, batch_size=8)  # 10 steps per epoch
+    model = tiny_cnn()
+    conv, rest = list(model[0].parameters()), [p for m in list(model)[1:] for p in m.parameters()]
+    peaks = []
+
+    class RecordingSGD(torch.optim.SGD):
+        def step(self, closure=None):  # record every group's rate at every step
+            peaks.append([g["lr"] for g in self.param_groups])
+            return super().step(closure)
+
+    opt_func = RecordingSGD
+
+    groups = [{"params": rest, "lr": 0.05, "name": "head"}, {"params": conv, "lr": 0.0005, "name": "early"}]
+    before = [p.detach().clone() for p in conv]
+    history = fit_one_cycle(2, 0.05, model, train_dl, val_dl, opt_func=opt_func, param_groups=groups, **QUIET)
+    head_lrs, early_lrs = zip(*peaks)
+    assert max(head_lrs) == pytest.approx(0.05) and max(early_lrs) == pytest.approx(0.0005)
+    assert [a / b for a, b in zip(head_lrs, early_lrs)] == pytest.approx([100] * len(peaks))  # same shape
+    assert [lr for h in history for lr in h["lrs"]] == pytest.approx(list(head_lrs))  # history: the first group
+    assert not all(torch.equal(a, b) for a, b in zip(before, conv))  # the early group did train
+    assert "lr" in groups[0] and groups[0]["lr"] == 0.05  # the caller's dicts are not modified
+    # a group without "lr" peaks at max_lr
+    peaks.clear()
+    model = tiny_cnn()
+    fit_one_cycle(1, 0.02, model, train_dl, val_dl, opt_func=opt_func,
+                  param_groups=[{"params": list(model.parameters())}], **QUIET)
+    assert max(lr for (lr,) in peaks) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="param_groups"):
+        fit_one_cycle(1, 0.02, tiny_cnn(), train_dl, val_dl, param_groups=[], **QUIET)
+
+
 def test_fit_one_cycle_needs_a_sized_loader():
     _, val_dl = loaders()
     with pytest.raises(ValueError, match="len"):

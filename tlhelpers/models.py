@@ -46,7 +46,7 @@ from tlhelpers.efficientnet_lite import LITE0_MEAN, LITE0_STD, efficientnet_lite
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGENET_CATEGORIES", "Backbone", "BACKBONES",
     "PretrainedWeightsUnavailable", "create_model", "get_head", "set_head", "get_stages",
-    "freeze_backbone", "unfreeze", "set_frozen_bn_eval", "parameter_summary", "parameter_table",
+    "freeze_backbone", "unfreeze", "set_frozen_bn_eval", "stage_param_groups", "parameter_summary", "parameter_table",
     "resnet_stage_table", "imagenet_top_k", "accuracy", "ImageClassificationBase", "PetsModel",
 ]
 
@@ -314,6 +314,34 @@ def unfreeze(model: nn.Module, last_k_stages: int | None = None) -> None:
     if model.training:
         model.train()  # reset, then keep the frozen BatchNorm layers in eval mode
     set_frozen_bn_eval(model)
+
+
+def stage_param_groups(model: nn.Module, max_lr: float, min_lr: float | None = None) -> list[dict]:
+    """Optimizer parameter groups with discriminative learning rates: lower for earlier stages (notebook 06).
+
+    Early stages detect edges and textures that suit any photo and should barely move; later
+    stages and the new head must adapt most. The head gets ``max_lr``, the first stage
+    ``min_lr`` (default ``max_lr / 100``), the stages between rates spaced evenly on a log scale.
+    Only trainable parameters are included; each group is ``{"name", "lr", "params"}``.
+    The list is ordered **head first**, so ``get_lr(optimizer)`` and a history's ``lrs`` show
+    the head's rate. Pass it to ``fit_one_cycle(..., param_groups=groups)``.
+    """
+    min_lr = max_lr / 100 if min_lr is None else min_lr
+    if not 0 < min_lr <= max_lr:
+        raise ValueError(f"stage_param_groups: need 0 < min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}.")
+    named = [(name, [p for m in modules for p in m.parameters()]) for name, modules in get_stages(model)]
+    head = list(get_head(model).parameters())
+    seen = {id(p) for _, params in named for p in params} | {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in seen]  # none for the registry's backbones
+    rates = [min_lr * (max_lr / min_lr) ** (i / len(named)) for i in range(len(named))]
+    groups = [{"name": "head", "lr": max_lr, "params": head}, {"name": "other", "lr": max_lr, "params": rest}]
+    groups += [{"name": name, "lr": lr, "params": params} for (name, params), lr in reversed(list(zip(named, rates)))]
+    for group in groups:
+        group["params"] = [p for p in group["params"] if p.requires_grad]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("stage_param_groups: the model has no trainable parameters; unfreeze it first.")
+    return groups
 
 
 # --- summaries ------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ NON_IMAGE_FILES = ("Abyssinian_100.mat", "Abyssinian_101.mat", "Abyssinian_102.m
 
 #: Written last into a finished sample; a folder without it is an interrupted generation.
 MARKER = ".tlhelpers-sample.json"
-_SAMPLE_VERSION = 1  # bump when the drawing changes, so old samples are regenerated
+_SAMPLE_VERSION = 2  # bump when the drawing changes, so old samples are regenerated
 
 _SHAPES = ("circle", "square", "triangle", "stripes", "cross", "ring")
 _TEXTURES = ("plain", "horizontal", "vertical", "checker", "diagonal", "dots")

@@ -433,19 +433,31 @@ def fit(epochs: int, lr: float, model: nn.Module, train_dl, val_dl, opt_func=tor
 
 def fit_one_cycle(epochs: int, max_lr: float, model: nn.Module, train_dl, val_dl,
                   weight_decay: float = 0, grad_clip: float | None = None,
-                  opt_func=torch.optim.SGD, pct_start: float = 0.3, **options) -> list:
+                  opt_func=torch.optim.SGD, pct_start: float = 0.3, param_groups=None, **options) -> list:
     """Train with the one-cycle policy, stepped every batch (notebook 06).
 
     The rate warms up from ``max_lr / 25`` to ``max_lr`` over the first ``pct_start`` of the
     steps, then anneals to almost zero (``max_lr / 25e4``). ``options`` are those of ``train_model``.
+    ``param_groups``: optimizer parameter groups, each with its own peak rate in ``"lr"``
+    (discriminative learning rates, e.g. ``tlhelpers.models.stage_param_groups``); a group
+    without ``"lr"`` peaks at ``max_lr``. Default: all of ``model.parameters()`` at ``max_lr``.
     """
     steps_per_epoch = _safe_len(train_dl)
     if not steps_per_epoch:
         raise ValueError("fit_one_cycle needs len(train_dl) > 0 to plan the schedule; "
                          "pass a DataLoader (or DeviceDataLoader) over a non-empty dataset.")
-    optimizer = opt_func(model.parameters(), max_lr, weight_decay=weight_decay)
+    if param_groups is None:
+        optimizer = opt_func(model.parameters(), max_lr, weight_decay=weight_decay)
+        peak_lrs = max_lr
+    else:
+        param_groups = [dict(group) for group in param_groups]
+        if not param_groups or not all(isinstance(g, dict) and "params" in g for g in param_groups):
+            raise ValueError("fit_one_cycle: param_groups must be a non-empty list of dicts with 'params' "
+                             "(and optionally 'lr'), e.g. tlhelpers.models.stage_param_groups(model, max_lr).")
+        optimizer = opt_func(param_groups, max_lr, weight_decay=weight_decay)
+        peak_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own peak
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
+        optimizer, peak_lrs, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=pct_start)
     return train_model(model, train_dl, val_dl, optimizer, epochs, scheduler, grad_clip=grad_clip, **options)
 
 
