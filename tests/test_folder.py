@@ -275,11 +275,23 @@ def test_train_on_folder_runs_both_phases(flat_dir, capsys):
     assert [h["phase"] for h in run.history] == ["frozen", "unfrozen"]
     first_lrs, second_lrs = run.history[0]["lrs"], run.history[1]["lrs"]
     assert max(second_lrs) == pytest.approx(max(first_lrs) / 10, rel=0.05)  # a lower rate to fine-tune
-    assert all(p.requires_grad for p in run.model.parameters())  # unfrozen at the end
+    bn = [m for m in run.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bn_params = {id(p) for m in bn for p in m.parameters()}
+    assert all(p.requires_grad for p in run.model.parameters() if id(p) not in bn_params)  # unfrozen ...
+    assert bn and not any(p.requires_grad for m in bn for p in m.parameters())  # ... except BatchNorm
     assert set(run.metrics) >= {"val_acc", "balanced_acc", "per_class", "confusion_matrix", "train_time_s"}
     assert sum(r["images"] for r in run.metrics["per_class"].values()) == len(data.valid_ds)
     out = capsys.readouterr().out
     assert "Phase 1, feature extraction" in out and "unfrozen epoch 1/1" in out
+
+
+def test_train_on_folder_is_reproducible(flat_dir):
+    """Re-running the training cell gives the same result: seeds and the loader's shuffling are reset."""
+    data = load_image_folder(flat_dir, image_size=32, batch_size=8, num_workers=0)
+    runs = [train_on_folder(data, frozen_epochs=1, epochs=0, progress=False, verbose=False) for _ in range(2)]
+    assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
+    weights = [dict(run.model.named_parameters())["network._fc.weight"] for run in runs]
+    assert torch.equal(*weights)
 
 
 def test_train_on_folder_checks_its_arguments(flat_dir):

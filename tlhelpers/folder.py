@@ -550,6 +550,13 @@ class FolderRun:
                             metrics=metrics, training=dict(self.settings))
 
 
+def _reseed_loader(dl, seed: int) -> None:
+    """Reseed the generator behind a loader's shuffling or sampling, if it has one."""
+    for generator in (getattr(dl, "generator", None), getattr(getattr(dl, "sampler", None), "generator", None)):
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
+
+
 def _phase_header(text: str, verbose: bool) -> None:
     if verbose:
         print(text, flush=True)
@@ -558,7 +565,8 @@ def _phase_header(text: str, verbose: bool) -> None:
 def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1, epochs: int = 2,
                     max_lr: float = 1e-3, finetune_lr: float | None = None, unfreeze_stages: int | None = None,
                     weight_decay: float = 1e-4, grad_clip: float | None = 0.1, opt_func=torch.optim.Adam,
-                    model: nn.Module | None = None, dropout: float = 0.0, offline: bool | None = None,
+                    train_bn: bool = False, model: nn.Module | None = None, dropout: float = 0.0,
+                    offline: bool | None = None,
                     device=None, seed: int = config.SEED, progress: bool = True, verbose: bool = True,
                     image_size: int | None = None, batch_size: int | None = None, val_pct: float | None = None,
                     bad_images: str | None = None, balance: str | None = None,
@@ -572,7 +580,10 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
     3. Feature extraction: backbone frozen, ``frozen_epochs`` of one-cycle training at ``max_lr``.
     4. Fine-tuning: ``unfreeze(unfreeze_stages)`` (``None``: everything), ``epochs`` of one-cycle at
        ``finetune_lr`` (default ``max_lr / 10``: the pretrained weights need small steps).
-       ``epochs=0`` stops after feature extraction.
+       ``epochs=0`` stops after feature extraction. BatchNorm layers stay frozen, with their
+       ImageNet statistics, unless ``train_bn=True``: switching them to the statistics of small
+       batches of a small data set undoes much of what the head learned (on notebook 09's quick
+       folder the training loss jumped from about 0.1 to 1.5 at the start of fine-tuning).
     5. Metrics on the validation images: overall, balanced and per-class accuracy, confusion matrix.
 
     Optimiser settings follow the original write-up: Adam, ``weight_decay=1e-4``, ``grad_clip=0.1``.
@@ -626,7 +637,8 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
     def run_phase(name: str, num_epochs: int, lr: float, phase_seed: int) -> bool:
         """One one-cycle phase; False if it was interrupted (Ctrl-C ends ``train_model`` early)."""
         model.phase_name, model.phase_epochs = name, num_epochs
-        config.seed_everything(phase_seed)  # shuffling, augmentation, dropout
+        config.seed_everything(phase_seed)  # augmentation, dropout
+        _reseed_loader(data.train_dl, phase_seed)  # shuffling: the same batches when a cell is re-run
         entries = fit_one_cycle(num_epochs, lr, model, data.train_dl, data.valid_dl, **fit_options)
         history.extend({**entry, "phase": name} for entry in entries)
         return len(entries) == num_epochs
@@ -642,6 +654,11 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
     if epochs and finished:
         unfreeze(model, unfreeze_stages)
         what = "everything" if unfreeze_stages is None else f"the last {unfreeze_stages} stage(s) and the head"
+        if not train_bn:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.requires_grad_(False)  # train_model keeps frozen BatchNorm layers in eval mode
+            what += " except the BatchNorm layers"
         _phase_header(f"Phase 2, fine-tuning: training {what} for {epochs} epoch(s), "
                       f"one-cycle max_lr={finetune_lr:g}", verbose)
         finished = run_phase("unfrozen", epochs, finetune_lr, seed + 1)
@@ -657,7 +674,8 @@ def train_on_folder(data, backbone: str | None = None, *, frozen_epochs: int = 1
     metrics["device"] = str(device)
     settings = {"backbone": data.backbone, "image_size": data.image_size, "batch_size": data.batch_size,
                 "frozen_epochs": frozen_epochs, "epochs": epochs, "max_lr": max_lr, "finetune_lr": finetune_lr,
-                "unfreeze_stages": unfreeze_stages, "weight_decay": weight_decay, "grad_clip": grad_clip,
+                "unfreeze_stages": unfreeze_stages, "train_bn": train_bn, "weight_decay": weight_decay,
+                "grad_clip": grad_clip,
                 "balance": data.balance, "seed": seed, "layout": data.scan.layout,
                 "train_images": len(data.train_ds), "valid_images": len(data.valid_ds), "interrupted": not finished}
     return FolderRun(model, history, metrics, data, settings)

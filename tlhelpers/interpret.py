@@ -146,8 +146,9 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
 
     For a model from ``tlhelpers.models`` that is the last module of the last stage holding a
     convolution (``get_stages``): ``layer4`` of a ResNet, the 1x1 head conv block of an
-    EfficientNet/MobileNet, ``_bn1`` after EfficientNet-Lite0's ``_conv_head`` (its ReLU6 is a
-    function call, not a module), the last conv block of a VGG. Any other model: its last ``Conv2d``.
+    EfficientNet/MobileNet, ``_bn1`` after EfficientNet-Lite0's ``_conv_head`` (the ReLU6 that
+    follows is a function call, not a module: ``grad_cam`` applies it in its hook), the last conv
+    block of a VGG. Any other model: its last ``Conv2d``.
     """
     from tlhelpers.models import get_stages
 
@@ -164,6 +165,20 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
+def _activation_after(layer: nn.Module, model: nn.Module):
+    """The activation a model applies to ``layer``'s output as a function call (not a module), or None.
+
+    EfficientNet-Lite0's ``features`` ends with ``F.relu6(self._bn1(...))``: a hook on ``_bn1``
+    sees the values *before* the ReLU6. Grad-CAM wants the feature maps the head really uses.
+    """
+    from tlhelpers.efficientnet_lite import EfficientNetLite0
+
+    for module in model.modules():
+        if isinstance(module, EfficientNetLite0) and layer is module._bn1:
+            return F.relu6
+    return None
+
+
 def grad_cam(model: nn.Module, images: torch.Tensor, target_classes=None, layer: nn.Module | None = None,
              upsample: bool = True) -> torch.Tensor:
     """Grad-CAM heatmaps, one per image, in 0-1: where the evidence for ``target_classes`` is (notebook 08).
@@ -175,11 +190,14 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_classes=None, layer:
     removed, train/eval mode restored, no ``.grad`` written into its parameters.
     """
     layer = gradcam_layer(model) if layer is None else layer
+    activation = _activation_after(layer, model)  # EfficientNet-Lite0's ReLU6, else None
     if images.dim() == 3:
         images = images.unsqueeze(0)
     saved = {}
 
     def keep_activations(module, inputs, output):  # a forward hook: runs right after `layer`
+        if activation is not None:  # applied here so we keep what the head sees (ReLU6 twice = once)
+            output = activation(output)
         if not output.requires_grad:  # a frozen backbone: start a graph here, we only need what follows
             output = output.detach().requires_grad_(True)
         saved["activations"] = output  # (B, K, h, w): K feature maps of size h x w

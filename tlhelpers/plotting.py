@@ -372,7 +372,8 @@ def plot_gradcam(images, heatmaps, titles=None, mean=None, std=None, alpha=0.5,
     """Each image above its Grad-CAM heatmap overlaid on it (notebook 08); returns the Figure.
 
     ``images``: normalised ``(B, 3, H, W)``; ``heatmaps``: ``(B, H, W)`` in 0-1 from
-    ``tlhelpers.interpret.grad_cam``. Red = strong evidence, blue = none.
+    ``tlhelpers.interpret.grad_cam``. Red = strong evidence, blue = none; an all-zero heatmap
+    (every position speaks against the class) is labelled "no positive evidence".
     """
     import matplotlib.pyplot as plt
 
@@ -384,8 +385,11 @@ def plot_gradcam(images, heatmaps, titles=None, mean=None, std=None, alpha=0.5,
         axes[0, j].imshow(picture)
         axes[0, j].set_title(titles[j], fontsize=8)
         axes[1, j].imshow(picture)
-        overlay = axes[1, j].imshow(heatmaps[j].detach().cpu().numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1,
-                                    interpolation="bilinear")
+        heatmap = heatmaps[j].detach().cpu().numpy()
+        overlay = axes[1, j].imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+        if heatmap.max() <= 0:  # every position counts against the class: say so, not just "blue"
+            axes[1, j].text(0.5, 0.5, "no positive\nevidence", transform=axes[1, j].transAxes, ha="center",
+                            va="center", fontsize=9, color="white", fontweight="bold")
         for ax in axes[:, j]:
             ax.set_xticks([])
             ax.set_yticks([])

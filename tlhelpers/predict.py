@@ -8,7 +8,8 @@ In a notebook (the model and meta from ``tlhelpers.export.load_exported``)::
 From a terminal, in a fresh process::
 
     python -m tlhelpers.predict data/models/pets_best.pt my_cat.jpg my_dog.png --top-k 3
-    python -m tlhelpers.predict MODEL IMAGE... --json     # every probability, full precision
+    python -m tlhelpers.predict MODEL IMAGE... --json             # JSON: every probability, full precision
+    python -m tlhelpers.predict MODEL IMAGE... --output out.json  # the text, plus that JSON in a file
 
 Both go through the same ``predict_images``. The command exits with code 2 and a message naming
 the file for a missing or unreadable image and for a checkpoint that is not an exported model
@@ -143,6 +144,17 @@ def _load_model(checkpoint: Path, device: str):
         raise PredictError(f"{checkpoint} is not an exported model this tool can use: {err}") from err
 
 
+def _check_device(name: str) -> None:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise PredictError(f"--device {name}: not a device name ({err}); use cpu, cuda or mps.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"--device {name}: no CUDA GPU here; leave --device out to use the CPU.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictError(f"--device {name}: MPS is not available here; leave --device out to use the CPU.")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -159,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
     parser.add_argument("--top-k", type=_positive_int, default=5, help="how many classes per image (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON with every probability, full precision")
+    parser.add_argument("--output", type=Path, metavar="FILE.json",
+                        help="also write that JSON to FILE.json (for scripts; the text still goes to the screen)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps ...")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     return parser
@@ -168,6 +182,7 @@ def main(argv=None) -> int:
     """The command line: ``python -m tlhelpers.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
     args = _parser().parse_args(argv)
     try:
+        _check_device(args.device)
         check_image_paths(args.images)  # cheap checks before loading the model
         model, meta = _load_model(args.checkpoint, args.device)
         predictions = predict_images(model, meta, args.images, k=args.top_k, batch_size=args.batch_size,
@@ -175,11 +190,23 @@ def main(argv=None) -> int:
     except PredictError as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.json:
-        print(json.dumps([asdict(pred) for pred in predictions]))
-    else:
-        print(format_predictions(predictions))
+    as_json = json.dumps([asdict(pred) for pred in predictions])
+    if args.output is not None:
+        try:
+            _write_text(args.output, as_json + "\n")
+        except OSError as err:
+            print(f"predict: error: cannot write {args.output} ({err})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    print(as_json if args.json else format_predictions(predictions))
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: ``*.part`` first, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
 
 
 def run_in_fresh_process(checkpoint, images, *options: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -162,8 +162,9 @@ def _to_uint8(arr) -> np.ndarray:
 def draw_sample(class_idx: int, rng: np.random.Generator, size=(160, 120)) -> Image.Image:
     """Draw one noisy RGB picture of class ``class_idx``, ``size=(width, height)`` (notebook 01).
 
-    The one drawing function behind every generated data set: the class decides the colours and
-    the shape, ``rng`` decides everything else (jitter, position, scale, rotation, clutter, noise).
+    The one drawing function behind every generated data set: the class decides the colours, the
+    background texture and the shape (``class_style``), ``rng`` decides everything else (jitter,
+    texture period, position, scale, rotation, clutter, noise).
     """
     width, height = size
     style = class_style(class_idx)

@@ -75,8 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tlhelpers.train_folder",
         description="Fine-tune an ImageNet-pretrained network on a folder of images (one sub-folder per class, "
-                    "optionally inside train/ and val/) and export it for `python -m tlhelpers.predict`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "optionally inside train/ and val/) and export it for `python -m tlhelpers.predict`.")
     parser.add_argument("data_dir", metavar="DATA_DIR", type=Path,
                         help="folder with one sub-folder of images per class, or with train/ and val/ folders")
     parser.add_argument("--out", metavar="CHECKPOINT", type=Path, required=True,
@@ -85,25 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"pretrained network, one of: {', '.join(BACKBONES)} "
                              "(default: resnet34, or efficientnet_lite0 with --offline)")
     parser.add_argument("--epochs", type=_count, default=2,
-                        help="fine-tuning epochs with the whole network trainable (0: feature extraction only)")
+                        help="fine-tuning epochs with the whole network trainable (default: %(default)s; "
+                             "0: feature extraction only)")
     parser.add_argument("--frozen-epochs", type=_count, default=1,
-                        help="epochs that train only the new head, before fine-tuning")
-    parser.add_argument("--image-size", type=_positive, default=224, help="images are cropped to this many pixels")
-    parser.add_argument("--batch-size", type=_positive, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="one-cycle max_lr while the backbone is frozen")
+                        help="epochs that train only the new head, before fine-tuning (default: %(default)s)")
+    parser.add_argument("--image-size", type=_positive, default=224, help="images are cropped to this many pixels (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive, default=32, help="(default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="one-cycle max_lr while the backbone is frozen (default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=None, help="max_lr for fine-tuning (default: lr / 10)")
     parser.add_argument("--unfreeze-stages", type=_count, default=None,
                         help="fine-tune only the last N stages of the backbone (default: all)")
+    parser.add_argument("--train-bn", action="store_true",
+                        help="also fine-tune the BatchNorm layers (default: they keep their ImageNet statistics)")
     parser.add_argument("--val-pct", type=_fraction, default=0.2,
-                        help="share of every class held out for validation when there is no val/ folder")
-    parser.add_argument("--seed", type=int, default=config.SEED, help="seed of the split, the new head and shuffling")
+                        help="share of every class held out for validation when there is no val/ folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.SEED, help="seed of the split, the new head and shuffling (default: %(default)s)")
     parser.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
-                        help="unreadable image files: stop and list them (fail), or leave them out (skip)")
+                        help="unreadable image files: stop and list them (fail, the default), or leave them out (skip)")
     parser.add_argument("--balance", choices=("none", "loss", "sampler"), default="none",
-                        help="for imbalanced classes: weight the loss, or sample every class equally often")
+                        help="for imbalanced classes: weight the loss, or sample every class equally often (default: none)")
     parser.add_argument("--offline", action="store_true",
                         help="never download: use the bundled efficientnet_lite0 weights (or weights already cached)")
-    parser.add_argument("--num-workers", type=_count, default=None, help="DataLoader worker processes")
+    parser.add_argument("--num-workers", type=_count, default=None, help="DataLoader worker processes (default: up to 4, one per CPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines stay)")
     return parser
@@ -135,7 +137,8 @@ def train(argv=None):
     try:
         run = train_on_folder(
             args.data_dir, backbone, frozen_epochs=args.frozen_epochs, epochs=args.epochs, max_lr=args.lr,
-            finetune_lr=args.finetune_lr, unfreeze_stages=args.unfreeze_stages, offline=args.offline,
+            finetune_lr=args.finetune_lr, unfreeze_stages=args.unfreeze_stages, train_bn=args.train_bn,
+            offline=args.offline,
             device=args.device, seed=args.seed, progress=not args.no_progress, image_size=args.image_size,
             batch_size=args.batch_size, val_pct=args.val_pct, bad_images=args.bad_images,
             balance=None if args.balance == "none" else args.balance, num_workers=args.num_workers)
