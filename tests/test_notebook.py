@@ -83,3 +83,16 @@ def test_seed_everything_repeats_random_draws():
     a = torch.rand(3)
     config.seed_everything(7)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_readme_lists_every_notebook_with_its_badge():
+    assert notebook.readme_problems() == []
+
+
+def test_sync_readme_follows_repo_url(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("| [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+                      "(https://colab.research.google.com/github/old/name/blob/main/notebooks/01_x.ipynb) |\n")
+    assert notebook.sync_readme(readme)
+    assert notebook.colab_badge("01_x.ipynb") in readme.read_text()
+    assert not notebook.sync_readme(readme)

@@ -182,6 +182,27 @@ def sync_notebook(path: Path) -> bool:
     return False
 
 
+README = (config.REPO_ROOT / "README.md") if config.REPO_ROOT else Path("README.md")
+
+
+def readme_problems(readme: Path = README, notebooks=None) -> list[str]:
+    """Notebooks the README does not list with their current Colab badge."""
+    text = Path(readme).read_text(encoding="utf-8")
+    paths = notebooks if notebooks is not None else sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+    return [f"README.md: no Colab badge for {p.name}" for p in paths if colab_badge(p.name) not in text]
+
+
+def sync_readme(readme: Path = README) -> bool:
+    """Point every Colab badge in the README at the current ``REPO_URL``; True if it changed."""
+    text = Path(readme).read_text(encoding="utf-8")
+    new = re.sub(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*/notebooks/([0-9][0-9]_[A-Za-z0-9_]+\.ipynb)\)",
+                 lambda m: colab_badge(m.group(1)), text)
+    if new != text:
+        Path(readme).write_text(new, encoding="utf-8")
+        return True
+    return False
+
+
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sync", action="store_true", help="clear outputs; stamp setup cell and badge")
@@ -193,7 +214,11 @@ def _main(argv=None) -> int:
         for p in paths:
             if sync_notebook(p):
                 print(f"synced {p}")
+        if not args.notebooks and README.exists() and sync_readme():
+            print(f"synced {README}")
     problems = [msg for p in paths for msg in notebook_problems(p)]
+    if not args.notebooks and README.exists():
+        problems += readme_problems()
     print("\n".join(problems) if problems else f"{len(paths)} notebooks clean")
     return 1 if problems else 0
 
