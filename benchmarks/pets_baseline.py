@@ -79,4 +79,4 @@ def original_train_steps(model: nn.Module, batches, optimizer: torch.optim.Optim
         nn.utils.clip_grad_value_(model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad()
-    return float(loss)  # like the write-up's per-epoch logging, this waits for the device
+    return loss.item()  # like the write-up's per-epoch logging, this waits for the device

@@ -16,8 +16,8 @@ and afterwards only the cheap random part runs, for a whole batch at once, on th
 ``size`` x ``size`` square is kept (one PIL call: ``resize`` with a source ``box``). We chose
 this over padding to a square because
 
-- it is exactly what ``pets.eval_transforms`` already does (``Resize(256)`` + ``CenterCrop``),
-  so the cached validation images are the ones the per-image path validates on;
+- it is what ``pets.eval_transforms`` already does (short side to ``1.14 x 224``, then the
+  centre), so the cached validation images show what the per-image path validates on;
 - pets are photographed centred; padding a 4:3 photo to a square would spend a quarter of
   every cached image (and of every batch the GPU sees) on empty bars and make the animal
   smaller. What we lose is the outer 12.5% on each side of the long side.
@@ -66,8 +66,9 @@ def load_square(path, size: int) -> np.ndarray:
     """Decode an image as RGB, resize its short side to ``size`` and keep the centre square (notebook 05).
 
     Returns a ``(size, size, 3)`` uint8 array. Resizing only the centre square (the ``box``
-    argument of ``PIL.Image.resize``) gives the same pixels as ``Resize(size)`` followed by
-    ``CenterCrop(size)``, without resizing the parts that are thrown away.
+    argument of ``PIL.Image.resize``) gives the picture of ``Resize(size)`` followed by
+    ``CenterCrop(size)`` (up to torchvision rounding the resized width to whole pixels),
+    without resizing the parts that are thrown away.
     """
     img = load_rgb(path)  # RGB whatever the file (grayscale, CMYK, palette, RGBA on white)
     width, height = img.size

@@ -53,7 +53,14 @@ def load_exported(path, map_location="cpu") -> tuple[nn.Module, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"No exported model at {path}: check the path, or export one with "
                                 "tlhelpers.export.export_model (notebooks 06 and 08 do).")
-    ckpt = load_checkpoint(path, map_location=map_location)
+    try:
+        ckpt = load_checkpoint(path, map_location=map_location)
+    except ValueError as err:
+        if err.__cause__ is None:  # a PyTorch file without our format tag: the message says what it is
+            raise
+        raise ValueError(f"{path} is not an exported model: torch.load(weights_only=True) cannot read it "
+                         f"({type(err.__cause__).__name__}). Export models with "
+                         "tlhelpers.export.export_model.") from err
     if ckpt.get("kind") != EXPORT_KIND:
         raise ValueError(f"{path} is a training checkpoint, not an exported classifier: it has no class names "
                          "or preprocessing. Export one with tlhelpers.export.export_model(path, model, classes, image_size).")

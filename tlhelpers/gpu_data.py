@@ -14,7 +14,8 @@ Per batch, in this order (all on the device, all vectorised over the batch):
 
 1. gather the batch's uint8 images (a seeded shuffle when ``shuffle=True``);
 2. training only: random crop of ``crop`` pixels from the image padded by ``pad``
-   (``pad_mode`` "reflect" or "constant"), then a random horizontal flip;
+   (``pad_mode`` "reflect" or "constant"), then a random horizontal flip, both on the uint8
+   bytes (4x less memory traffic than on floats);
    evaluation: a centre crop (the identity when ``crop`` is the image size);
 3. optional resize to ``size`` (bilinear; antialiasing only when shrinking);
 4. float conversion and normalisation with ``mean``/``std`` (in 0-1 units);
@@ -48,6 +49,15 @@ def _as_uint8_images(images) -> torch.Tensor:
             " (convert with torch.as_tensor(array).permute(0, 3, 1, 2) for (N, H, W, C) data)."
         )
     return images
+
+
+def _crop_by_slicing(device: torch.device) -> bool:
+    """Crop with one slice copy per image (CPU) rather than one gather for the batch (GPU).
+
+    A gather computes an index for every pixel: one kernel on a GPU, but on a CPU ~15x slower
+    than copying B windows. Both give the same batch.
+    """
+    return device.type == "cpu"
 
 
 def _pair(value, default) -> tuple[int, int]:
@@ -154,20 +164,34 @@ class GPUBatchLoader:
 
     # --- one batch --------------------------------------------------------------------
 
-    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad the batch, then cut a differently placed crop out of every image."""
+    def _random_crop_flip(self, x: torch.Tensor, train_flip: bool) -> torch.Tensor:
+        """Pad the batch, cut a differently placed crop out of every image, optionally mirror some."""
         if self.pad:
-            x = F.pad(x, (self.pad,) * 4, mode=self.pad_mode)  # reflect needs a float tensor
+            x = F.pad(x, (self.pad,) * 4, mode=self.pad_mode)  # works on uint8 too, same values
         batch, channels, height, width = x.shape
         crop_h, crop_w = self.crop
-        top = torch.randint(0, height - crop_h + 1, (batch,), generator=self.generator).to(x.device)
-        left = torch.randint(0, width - crop_w + 1, (batch,), generator=self.generator).to(x.device)
-        # One gather for the whole batch: rows[b] = top[b] + 0..crop_h-1, same for columns.
+        # Random numbers in a fixed order (tops, lefts, flips), whatever the device and code path.
+        top = torch.randint(0, height - crop_h + 1, (batch,), generator=self.generator)
+        left = torch.randint(0, width - crop_w + 1, (batch,), generator=self.generator)
+        flip = torch.rand(batch, generator=self.generator) < 0.5 if train_flip else None
+        if _crop_by_slicing(x.device):
+            out = torch.empty((batch, channels, crop_h, crop_w), dtype=x.dtype)
+            tops, lefts = top.tolist(), left.tolist()
+            flips = flip.tolist() if flip is not None else [False] * batch
+            for i in range(batch):
+                window = x[i, :, tops[i]:tops[i] + crop_h, lefts[i]:lefts[i] + crop_w]
+                out[i].copy_(window.flip(-1) if flips[i] else window)
+            return out
+        # On a GPU, one gather for the whole batch: rows[b] = top[b] + 0..crop_h-1, same for columns.
+        top, left = top.to(x.device), left.to(x.device)
         rows = (top[:, None] + torch.arange(crop_h, device=x.device))[:, None, :, None]  # (B, 1, h, 1)
         cols = (left[:, None] + torch.arange(crop_w, device=x.device))[:, None, None, :]  # (B, 1, 1, w)
         batch_idx = torch.arange(batch, device=x.device)[:, None, None, None]
         chan_idx = torch.arange(channels, device=x.device)[None, :, None, None]
-        return x[batch_idx, chan_idx, rows, cols]                                        # (B, C, h, w)
+        x = x[batch_idx, chan_idx, rows, cols]                                            # (B, C, h, w)
+        if flip is not None:
+            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+        return x
 
     def _center_crop(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -184,18 +208,16 @@ class GPUBatchLoader:
     def transform(self, images_uint8: torch.Tensor, train: bool | None = None) -> torch.Tensor:
         """Turn a (B, C, H, W) uint8 batch on the device into the model's float input."""
         train = self.train if train is None else train
-        x = images_uint8.float()                        # (B, C, H, W), values 0..255
+        x = images_uint8                                # (B, C, H, W) uint8: cropping moves 4x fewer bytes
         if train:
-            x = self._random_crop(x)
-            if self.flip:
-                flip = torch.rand(len(x), generator=self.generator).to(x.device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = self._random_crop_flip(x, self.flip)
         else:
             x = self._center_crop(x)
+        x = x.float()                                   # (B, C, h, w), values 0..255
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             shrinking = self.size[0] < x.shape[-2] or self.size[1] < x.shape[-1]
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
-        x = x * self._scale + self._shift               # /255 and (x - mean) / std in one step
+        x = x.mul_(self._scale).add_(self._shift)       # /255 and (x - mean) / std, in place
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype)

@@ -141,7 +141,10 @@ def _load_model(checkpoint: Path, device: str):
     try:
         return load_exported(checkpoint, map_location=device)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
-        raise PredictError(f"{checkpoint} is not an exported model this tool can use: {err}") from err
+        message = str(err)
+        if str(checkpoint) not in message:  # our messages name the file; others get it in front
+            message = f"{checkpoint} is not an exported model this tool can use ({type(err).__name__}: {message})"
+        raise PredictError(message) from err
 
 
 def _check_device(name: str) -> None:

@@ -88,24 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "0: feature extraction only)")
     parser.add_argument("--frozen-epochs", type=_count, default=1,
                         help="epochs that train only the new head, before fine-tuning (default: %(default)s)")
-    parser.add_argument("--image-size", type=_positive, default=224, help="images are cropped to this many pixels (default: %(default)s)")
+    parser.add_argument("--image-size", type=_positive, default=224,
+                        help="images are cropped to this many pixels (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive, default=32, help="(default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="one-cycle max_lr while the backbone is frozen (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="one-cycle max_lr while the backbone is frozen (default: %(default)s)")
     parser.add_argument("--finetune-lr", type=float, default=None, help="max_lr for fine-tuning (default: lr / 10)")
     parser.add_argument("--unfreeze-stages", type=_count, default=None,
                         help="fine-tune only the last N stages of the backbone (default: all)")
     parser.add_argument("--train-bn", action="store_true",
                         help="also fine-tune the BatchNorm layers (default: they keep their ImageNet statistics)")
     parser.add_argument("--val-pct", type=_fraction, default=0.2,
-                        help="share of every class held out for validation when there is no val/ folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=config.SEED, help="seed of the split, the new head and shuffling (default: %(default)s)")
+                        help="share of every class held out for validation when there is no val/ folder "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.SEED,
+                        help="seed of the split, the new head and shuffling (default: %(default)s)")
     parser.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
                         help="unreadable image files: stop and list them (fail, the default), or leave them out (skip)")
     parser.add_argument("--balance", choices=("none", "loss", "sampler"), default="none",
-                        help="for imbalanced classes: weight the loss, or sample every class equally often (default: none)")
+                        help="for imbalanced classes: weight the loss, or sample every class equally often "
+                             "(default: none)")
     parser.add_argument("--offline", action="store_true",
                         help="never download: use the bundled efficientnet_lite0 weights (or weights already cached)")
-    parser.add_argument("--num-workers", type=_count, default=None, help="DataLoader worker processes (default: up to 4, one per CPU)")
+    parser.add_argument("--num-workers", type=_count, default=None,
+                        help="DataLoader worker processes (default: up to 4, one per CPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines stay)")
     return parser

@@ -69,9 +69,9 @@ def show(fig) -> None:
         from IPython.display import display
 
         display(fig)
-        plt.close(fig)
     else:
-        plt.show()
+        plt.show()  # a window (blocks until closed), or nothing with a non-interactive backend
+    plt.close(fig)
 
 
 class _WithStaticFallback:

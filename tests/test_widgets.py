@@ -1,0 +1,81 @@
+"""Tests for tlhelpers.widgets: interactive touches that degrade to plain output outside a live Jupyter."""
+import base64
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from tlhelpers import widgets  # noqa: E402
+
+
+def figure_for(calls):
+    def render(value):
+        calls.append(value)
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.set_title(f"value {value}")
+        return fig
+    return render
+
+
+def test_no_widgets_outside_a_kernel_and_when_switched_off(monkeypatch):
+    assert widgets.widgets_enabled() is False  # pytest runs no IPython kernel
+    monkeypatch.setenv("TLH_NO_WIDGETS", "1")
+    assert widgets.widgets_enabled() is False
+
+
+def test_slider_and_dropdown_draw_the_default_position_without_widgets():
+    calls = []
+    assert widgets.slider(figure_for(calls), n=5, start=2) is None
+    assert calls == [2]
+    assert widgets.dropdown(figure_for(calls), ["resnet34", "efficientnet_lite0"], value="efficientnet_lite0") is None
+    assert calls == [2, "efficientnet_lite0"]
+    assert plt.get_fignums() == []  # drawn once and closed
+    with pytest.raises(ValueError, match="n >= 1"):
+        widgets.slider(figure_for(calls), n=0)
+    with pytest.raises(ValueError, match="not one of"):
+        widgets.dropdown(figure_for(calls), ["a"], value="b")
+
+
+def test_with_widgets_the_bundle_carries_a_static_png_and_the_slider_redraws(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(widgets, "widgets_enabled", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    calls = []
+    box = widgets.slider(figure_for(calls), n=3, description="image")
+    assert calls == [0] and len(shown) == 1
+    bundle = shown[0]._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # live frontends draw the widget ...
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")  # ... the others this picture
+    assert "image" in bundle["text/plain"]
+    control, image = box.children
+    first = image.value
+    control.value = 2
+    assert calls == [0, 2] and image.value != first
+    control.value = 0
+    assert calls == [0, 2] and image.value == first  # cached: not drawn again
+
+
+class FakeUpload:
+    def __init__(self, value):
+        self.value = value
+
+
+def test_uploaded_image_saves_the_file_and_keeps_only_its_name(tmp_path):
+    assert widgets.uploaded_image(None) is None
+    assert widgets.uploaded_image(FakeUpload(()), folder=tmp_path) is None
+    v8 = FakeUpload(({"name": "../../my cat.jpg", "content": memoryview(b"jpeg bytes"), "type": "image/jpeg"},))
+    path = widgets.uploaded_image(v8, folder=tmp_path)
+    assert path == tmp_path / "my cat.jpg" and path.read_bytes() == b"jpeg bytes"
+    v7 = FakeUpload({"dog.png": {"metadata": {}, "content": b"png bytes"}})
+    assert widgets.uploaded_image(v7, folder=tmp_path).read_bytes() == b"png bytes"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_image_upload_without_widgets_says_what_to_do(capsys):
+    assert widgets.image_upload() is None
+    assert "set the image path" in capsys.readouterr().out
