@@ -96,3 +96,17 @@ def test_sync_readme_follows_repo_url(tmp_path, monkeypatch):
     assert notebook.sync_readme(readme)
     assert notebook.colab_badge("01_x.ipynb") in readme.read_text()
     assert not notebook.sync_readme(readme)
+
+
+def test_stamp_runtime_rewrites_only_the_runtime_line(tmp_path):
+    header = ("# 01 · Title\n\n**Runtime:** quick mode on a 2-core CPU: QUICK_RUNTIME_TBD. "
+              "Full mode on a GPU: not measured yet.\n")
+    path = tmp_path / "01_x.ipynb"
+    path.write_text(json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": header}],
+                                "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert notebook.stamp_runtime(path, 21.4, 806)
+    text = notebook._source(json.loads(path.read_text())["cells"][0])
+    assert "quick mode on a 2-core CPU: 21 s (x86_64, measured, peak memory 0.8 GB)." in text
+    assert text.endswith("Full mode on a GPU: not measured yet.\n") and "TBD" not in text
+    assert notebook.stamp_runtime(path, 30, None)  # a second run replaces the first numbers
+    assert "CPU: 30 s (x86_64, measured)." in notebook._source(json.loads(path.read_text())["cells"][0])
