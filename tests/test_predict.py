@@ -27,7 +27,8 @@ def exported(tmp_path_factory):
         model._fc.bias.copy_(torch.tensor([0.5, 0.0, -0.5]))
     path = export_model(folder / "model.pt", model, CLASSES, IMAGE_SIZE)
     images = []
-    for i, (colour, size) in enumerate([((200, 30, 30), (40, 30)), ((30, 200, 30), (30, 50)), ((30, 30, 200), (64, 64))]):
+    pictures = [((200, 30, 30), (40, 30)), ((30, 200, 30), (30, 50)), ((30, 30, 200), (64, 64))]
+    for i, (colour, size) in enumerate(pictures):
         image_path = folder / f"image_{i}.{'png' if i == 2 else 'jpg'}"
         Image.new("RGB", size, colour).save(image_path)
         images.append(image_path)

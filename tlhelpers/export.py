@@ -73,7 +73,8 @@ def load_exported(path, map_location="cpu") -> tuple[nn.Module, dict]:
         model.load_state_dict(ckpt.pop("state_dict"))
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit a {ckpt['backbone']!r} network with "
-                         f"{ckpt['num_classes']} classes ({err}). Export it again with tlhelpers.export.export_model.") from err
+                         f"{ckpt['num_classes']} classes ({err}). "
+                         "Export it again with tlhelpers.export.export_model.") from err
     model.eval()
     return model, ckpt
 

@@ -24,8 +24,6 @@ from pathlib import Path
 __all__ = ["widgets_enabled", "figure_png", "show", "slider", "dropdown", "interactive_figure",
            "image_upload", "uploaded_image"]
 
-_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
 
 def widgets_enabled() -> bool:
     """True when widgets can work here: an IPython kernel with ipywidgets, and no ``TLH_NO_WIDGETS=1`` (notebook 08)."""
@@ -81,7 +79,7 @@ class _WithStaticFallback:
         self.widget, self.png, self.text = widget, png, text
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        data = dict(self.widget._repr_mimebundle_() or {})  # {"text/plain": ..., _WIDGET_VIEW: {...}}
+        data = dict(self.widget._repr_mimebundle_() or {})  # text/plain + application/vnd.jupyter.widget-view+json
         data["image/png"] = base64.b64encode(self.png).decode("ascii")
         data["text/plain"] = self.text
         return data
@@ -126,7 +124,7 @@ def interactive_figure(render, control, description: str = ""):
 
 
 def slider(render, n: int, start: int = 0, description: str = "image"):
-    """A slider over ``render(0) .. render(n - 1)`` figures; plain figure ``render(start)`` without widgets (notebook 08)."""
+    """A slider over ``render(0) .. render(n - 1)`` figures; a plain ``render(start)`` without widgets (notebook 08)."""
     if n < 1:
         raise ValueError(f"slider: need n >= 1 positions, got {n}.")
     if not widgets_enabled():
