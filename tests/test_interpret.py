@@ -178,8 +178,11 @@ def test_gradcam_layer_of_registry_backbones():
     lite = PetsModel(num_classes=5, backbone="efficientnet_lite0", pretrained=False)
     assert interpret.gradcam_layer(lite) is lite.network._bn1
     assert interpret._activation_after(lite.network._bn1, lite) is torch.nn.functional.relu6
+    lite.freeze()
+    lite.train()  # training the head: frozen BatchNorm layers stay in eval mode (notebook 04) ...
     cams = interpret.grad_cam(lite, torch.randn(2, 3, 64, 64), upsample=False)
     assert cams.shape == (2, 2, 2)  # 64 px / 32
+    assert lite.training and not lite.network._bn1.training  # ... also after Grad-CAM
     resnet = create_model("resnet18", num_classes=5, pretrained=False)
     assert interpret.gradcam_layer(resnet) is resnet.layer4
     assert interpret._activation_after(resnet.layer4, resnet) is None

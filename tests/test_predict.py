@@ -63,6 +63,18 @@ def test_predict_images_matches_a_manual_forward_pass(exported):
     assert len(predict.predict_images(reloaded, meta, images[:1], k=10)[0].top) == len(CLASSES)  # k clipped
 
 
+def test_predict_images_restores_train_mode_with_frozen_batchnorm(exported):
+    from tlhelpers.models import freeze_backbone
+
+    _, path, images = exported
+    model, meta = load_exported(path)
+    freeze_backbone(model)
+    model.train()
+    freeze_backbone(model)  # head in train mode, frozen BatchNorm layers in eval mode
+    predict.predict_images(model, meta, images[:1])
+    assert model.training and model._fc.training and not model._bn1.training
+
+
 def test_cli_in_a_fresh_process_prints_top_k_and_predicts_identically(exported, tmp_path):
     _, path, images = exported
     json_path = tmp_path / "out" / "predictions.json"

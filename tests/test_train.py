@@ -582,6 +582,17 @@ def test_plot_losses_and_accuracies(history):
     plt.close("all")
 
 
+def test_epoch_axes_have_whole_number_ticks(history):
+    short = history[:2]  # epochs 0 and 1: matplotlib alone would put ticks at 0.2, 0.4, ...
+    axes = [plotting.plot_losses(short), plotting.plot_accuracies(short),
+            *plotting.plot_histories({"run": short}).axes]
+    for ax in axes:
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    plt.close("all")
+
+
 def test_plot_lrs(history):
     ax = plotting.plot_lrs(history)
     assert _labelled(ax) and len(ax.lines[0].get_ydata()) == 2 * 8

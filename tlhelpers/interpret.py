@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlhelpers.models import get_stages, set_frozen_bn_eval
+
 __all__ = [
     "top_losses", "most_confused", "confusion_matrix", "normalize_rows", "cluster_order",
     "most_confused_classes", "per_class_accuracy", "gradcam_layer", "grad_cam",
@@ -150,8 +152,6 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     follows is a function call, not a module: ``grad_cam`` applies it in its hook), the last conv
     block of a VGG. Any other model: its last ``Conv2d``.
     """
-    from tlhelpers.models import get_stages
-
     try:
         stages = get_stages(model)
     except ValueError:  # not built by tlhelpers.models: no stage list
@@ -221,6 +221,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_classes=None, layer:
     finally:
         handle.remove()
         model.train(was_training)
+        if was_training:
+            set_frozen_bn_eval(model)  # frozen BatchNorm layers stay in eval mode (notebook 04)
     weights = gradients.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1): how much each map matters
     cam = F.relu((weights * activations).sum(dim=1))   # (B, h, w): keep the evidence *for* the class
     cam = cam.detach()

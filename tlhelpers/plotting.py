@@ -23,6 +23,13 @@ def _metric(history, key):
     return [entry.get(key, float("nan")) for entry in history]
 
 
+def _integer_epochs(ax):
+    """Ticks only at whole epochs (matplotlib would also mark 0.25, 0.5, ... for short runs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _new_axes(ax, figsize=(6, 4)):
     import matplotlib.pyplot as plt
 
@@ -38,6 +45,7 @@ def plot_losses(history, ax=None):
     ax.plot(xs, _metric(history, "train_loss"), "-bx", label="training")
     ax.plot(xs, _metric(history, "val_loss"), "-rx", label="validation")
     ax.set(title="Loss vs. number of epochs", xlabel="epoch", ylabel="loss")
+    _integer_epochs(ax)
     ax.legend()
     return ax
 
@@ -47,6 +55,7 @@ def plot_accuracies(history, ax=None):
     ax = _new_axes(ax)
     ax.plot(_history_epochs(history), _metric(history, "val_acc"), "-x")
     ax.set(title="Accuracy vs. number of epochs", xlabel="epoch", ylabel="validation accuracy")
+    _integer_epochs(ax)
     return ax
 
 
@@ -88,6 +97,7 @@ def plot_histories(histories, metrics=("val_loss", "val_acc")):
             ax.plot(_history_epochs(history), _metric(history, metric), "-x", label=name)
         ax.set(title=f"{labels.get(metric, metric).capitalize()} vs. epoch", xlabel="epoch",
                ylabel=labels.get(metric, metric))
+        _integer_epochs(ax)
         ax.legend()
     fig.tight_layout()
     return fig
@@ -426,5 +436,76 @@ def plot_top_k(image, top, title="Prediction", actual=None):
     ax_bar.set_xlim(0, 100)
     ax_bar.set(title=f"top-{len(top)} classes", xlabel="probability (%)", ylabel="class")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- evaluation ---
+# Comparing trained models on held-out images (notebook 07): confusion matrices side by side and
+# a grid of predictions titled "True / Prediction", wrong ones in red.
+
+
+def plot_confusion_matrices(matrices, classes, normalize=False, title="Confusion matrices"):
+    """Several confusion matrices side by side as seaborn heatmaps, class names on both axes (notebook 07).
+
+    ``matrices``: ``{"model name": cm}`` with ``cm[actual, predicted]`` counts (e.g. from
+    ``sklearn.metrics.confusion_matrix``). ``normalize=True`` shows each row as shares of the
+    actual class (the diagonal is then the recall per class). Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    n = len(matrices)
+    side = max(4.5, 0.45 * len(classes) + 1.5)
+    fig, axes = plt.subplots(1, n, figsize=(side * n + 0.5, side), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], matrices.items()):
+        cm = np.asarray(cm)
+        values = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+        sns.heatmap(values, annot=cm if len(classes) <= 15 else False, fmt="d", cmap="Blues", cbar=False,
+                    square=True, xticklabels=classes, yticklabels=classes, ax=ax,
+                    vmin=0, vmax=1 if normalize else None, annot_kws={"fontsize": 7})
+        accuracy = np.trace(cm) / max(cm.sum(), 1)
+        ax.set(title=f"{name} (accuracy {accuracy:.1%})", xlabel="predicted", ylabel="actual")
+        ax.tick_params(axis="x", rotation=90)
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prediction_grid(images, targets, preds, classes, mean=None, std=None, n=16, ncols=8,
+                         title="Predictions on held-out images"):
+    """Images titled "True: ... / Prediction: ...", wrong predictions in red (notebook 07); returns the Figure.
+
+    ``images``: a (B, C, H, W) batch, either uint8 pixels or normalised with ``mean``/``std``;
+    ``targets``/``preds``: class indices.
+    """
+    import math
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    images = torch.as_tensor(images)
+    n = min(n, len(images))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.3 * nrows + 0.4), squeeze=False)
+    wrong = 0
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        if img.dtype == torch.uint8:
+            shown = img.permute(1, 2, 0).numpy()
+        else:
+            shown = _to_hwc(img, mean, std, normalized=True)
+        ax.imshow(shown)
+        actual, predicted = int(targets[i]), int(preds[i])
+        wrong += actual != predicted
+        ax.set_title(f"True: {classes[actual]}\nPrediction: {classes[predicted]}", fontsize=8,
+                     color="black" if actual == predicted else "red")
+    fig.suptitle(f"{title}: {n - wrong} of {n} right (wrong ones in red)")
     fig.tight_layout()
     return fig

@@ -115,8 +115,17 @@ def predict_images(model: nn.Module, meta: dict, paths, k: int = 5, batch_size: 
                 results.append(Prediction(str(path), [(classes[i], float(p)) for p, i in zip(tp.tolist(), ti.tolist())],
                                           p_row.tolist()))
     finally:
-        model.train(was_training)
+        _restore_mode(model, was_training)
     return results
+
+
+def _restore_mode(model: nn.Module, was_training: bool) -> None:
+    """Back to train or eval mode; frozen BatchNorm layers stay in eval mode (the rule of notebook 04)."""
+    from tlhelpers.models import set_frozen_bn_eval
+
+    model.train(was_training)
+    if was_training:
+        set_frozen_bn_eval(model)
 
 
 def format_predictions(predictions, width: int | None = None) -> str:
