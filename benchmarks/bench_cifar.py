@@ -76,6 +76,11 @@ class Take:
         return self.steps
 
 
+def _fmt(img_per_s: float) -> str:
+    """Thousands separators on a GPU, one decimal for the small numbers of a CPU smoke run."""
+    return f"{img_per_s:,.0f}" if img_per_s >= 100 else f"{img_per_s:.1f}"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -190,7 +195,7 @@ def main(argv=None) -> dict:
     print(f"{'path':<{width}}{'img/s':>10}{'x baseline':>12}")
     for row in rows:
         print(f"{row['path']:<{width}}{_fmt(row['img_per_s']):>10}{row['ratio']:>11.2f}x")
-    print(f"{scratch['path']:<{width}}{scratch['img_per_s']:>10,.0f}   "
+    print(f"{scratch['path']:<{width}}{_fmt(scratch['img_per_s']):>10}   "
           f"(an epoch of 45,000 images: {scratch['epoch_seconds_45k']:.1f} s)")
 
     report = {"device": name, "torch": torch.__version__, "data": source, "images": len(labels),

@@ -122,18 +122,19 @@ def test_crops_are_shifted_windows_of_the_padded_image():
 
 @pytest.mark.parametrize("pad, pad_mode, crop, flip", [(0, "reflect", 6, True), (2, "reflect", 8, True),
                                                      (3, "constant", (7, 5), False)])
-def test_cpu_slicing_and_gpu_gather_make_the_same_batches(monkeypatch, pad, pad_mode, crop, flip):
-    # The CPU crops with one slice copy per image, a GPU with one gather: same random numbers, same batch.
+def test_cpu_numpy_and_gpu_torch_paths_make_the_same_batches(monkeypatch, pad, pad_mode, crop, flip):
+    # A CPU makes batches with NumPy (slices), a GPU with PyTorch (one gather): same random numbers, same batch.
     from tlhelpers import gpu_data
 
-    def batches(slicing):
-        monkeypatch.setattr(gpu_data, "_crop_by_slicing", lambda device: slicing)
+    def batches(use_numpy):
+        monkeypatch.setattr(gpu_data, "_numpy_on_cpu", lambda device: use_numpy)
         loader = GPUBatchLoader(_images(13, size=8), _ids(13), batch_size=5, train=True, pad=pad,
                                 pad_mode=pad_mode, crop=crop, flip=flip, mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=9)
         return [b for epoch in range(2) for b in loader]
 
     for (xs, ys), (xg, yg) in zip(batches(True), batches(False)):
         assert torch.equal(ys, yg) and torch.equal(xs, xg)
+        assert xs.dtype == torch.float32 and xs.is_contiguous()
 
 
 def test_eval_is_deterministic():

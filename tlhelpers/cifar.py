@@ -45,8 +45,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 #: The environment variable that points at an image-folder copy of CIFAR-10 (a folder or a .zip).
 ENV_VAR = "TLH_CIFAR10_DIR"
-#: Images per class of the quick-mode sample (10 classes: 600 images, 32x32).
-QUICK_IMAGES_PER_CLASS = 60
+#: Images per class of the quick-mode sample (10 classes: 400 images, 32x32).
+QUICK_IMAGES_PER_CLASS = 40
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 _CACHE_VERSION = 1  # bump when the decoding changes, so old caches are rebuilt
@@ -559,7 +559,8 @@ def fit_gradual_unfreezing(model: nn.Module, phases, train_dl, val_dl, *, opt_fu
         unfreeze(model, phase.stages)
         trained = stage_names if phase.stages is None else stage_names[len(stage_names) - phase.stages:]
         print(f"Phase {number}/{len(phases)}: training the head{' + ' + ', '.join(trained) if trained else ' only'} "
-              f"({parameter_summary(model)['trainable']:,} parameters), {phase.epochs} epochs, max_lr {phase.max_lr:g}")
+              f"({parameter_summary(model)['trainable']:,} parameters), {phase.epochs} epoch{'s' if phase.epochs != 1 else ''}, "
+              f"max_lr {phase.max_lr:g}")
         phase_history = fit_one_cycle(phase.epochs, phase.max_lr, model, train_dl, val_dl,
                                       weight_decay=weight_decay, opt_func=opt_func, monitor="val_loss",
                                       restore_best=True, early_stopping_patience=early_stopping_patience, **options)

@@ -51,11 +51,13 @@ def _as_uint8_images(images) -> torch.Tensor:
     return images
 
 
-def _crop_by_slicing(device: torch.device) -> bool:
-    """Crop with one slice copy per image (CPU) rather than one gather for the batch (GPU).
+def _numpy_on_cpu(device: torch.device) -> bool:
+    """Make CPU batches with NumPy (crop, flip, normalise); GPU batches with PyTorch. Same values.
 
-    A gather computes an index for every pixel: one kernel on a GPU, but on a CPU ~15x slower
-    than copying B windows. Both give the same batch.
+    On a CPU, a PyTorch gather computes an index for every pixel (~15x slower than copying
+    B windows), and every PyTorch operation is split over a pool of threads that must all
+    finish; when another program keeps a core busy, each operation waits for the slowest
+    thread. NumPy does these few memory-bound passes in one thread, unaffected.
     """
     return device.type == "cpu"
 
@@ -174,14 +176,12 @@ class GPUBatchLoader:
         top = torch.randint(0, height - crop_h + 1, (batch,), generator=self.generator)
         left = torch.randint(0, width - crop_w + 1, (batch,), generator=self.generator)
         flip = torch.rand(batch, generator=self.generator) < 0.5 if train_flip else None
-        if _crop_by_slicing(x.device):
-            out = torch.empty((batch, channels, crop_h, crop_w), dtype=x.dtype)
-            tops, lefts = top.tolist(), left.tolist()
+        if _numpy_on_cpu(x.device):
+            # On a CPU: the B windows, mirrored where flipped, stacked by NumPy in one pass.
+            pixels, tops, lefts = x.numpy(), top.tolist(), left.tolist()
+            windows = [pixels[i, :, tops[i]:tops[i] + crop_h, lefts[i]:lefts[i] + crop_w] for i in range(batch)]
             flips = flip.tolist() if flip is not None else [False] * batch
-            for i in range(batch):
-                window = x[i, :, tops[i]:tops[i] + crop_h, lefts[i]:lefts[i] + crop_w]
-                out[i].copy_(window.flip(-1) if flips[i] else window)
-            return out
+            return torch.from_numpy(np.stack([w[..., ::-1] if f else w for w, f in zip(windows, flips)]))
         # On a GPU, one gather for the whole batch: rows[b] = top[b] + 0..crop_h-1, same for columns.
         top, left = top.to(x.device), left.to(x.device)
         rows = (top[:, None] + torch.arange(crop_h, device=x.device))[:, None, :, None]  # (B, 1, h, 1)
@@ -213,11 +213,17 @@ class GPUBatchLoader:
             x = self._random_crop_flip(x, self.flip)
         else:
             x = self._center_crop(x)
-        x = x.float()                                   # (B, C, h, w), values 0..255
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            shrinking = self.size[0] < x.shape[-2] or self.size[1] < x.shape[-1]
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
-        x = x.mul_(self._scale).add_(self._shift)       # /255 and (x - mean) / std, in place
+        resize = self.size is not None and tuple(x.shape[-2:]) != self.size
+        if _numpy_on_cpu(x.device) and not resize:
+            pixels = np.multiply(x.numpy(), self._scale.numpy(), dtype=np.float32)  # (B, C, h, w) float32
+            pixels += self._shift.numpy()              # /255 and (x - mean) / std, as below
+            x = torch.from_numpy(pixels)
+        else:
+            x = x.float()                               # (B, C, h, w), values 0..255
+            if resize:
+                shrinking = self.size[0] < x.shape[-2] or self.size[1] < x.shape[-1]
+                x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=shrinking)
+            x = x.mul_(self._scale).add_(self._shift)   # /255 and (x - mean) / std, in place
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype)

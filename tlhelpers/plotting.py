@@ -469,6 +469,7 @@ def plot_confusion_matrices(matrices, classes, normalize=False, title="Confusion
         ax.set(title=f"{name} (accuracy {accuracy:.1%})", xlabel="predicted", ylabel="actual")
         ax.tick_params(axis="x", rotation=90)
         ax.tick_params(axis="y", rotation=0)
+        ax.grid(False)  # the course style's grid would cross the cells
     fig.suptitle(title)
     fig.tight_layout()
     return fig
