@@ -11,6 +11,16 @@ Each notebook teaches a piece and imports it from here, so the logic lives in on
 - ``models``      pretrained backbones, new heads, freezing                   (notebook 04)
 - ``device``      ``get_default_device``, ``to_device``, ``DeviceDataLoader`` (notebook 05)
 - ``train``       ``evaluate``, ``fit``, ``fit_one_cycle``, ``lr_find``       (notebooks 05-06)
+- ``cache``       decode-once uint8 image cache for the fast Pets path        (notebook 05, benchmarks)
+- ``gpu_data``    a GPU-resident batch loader: augmentation on the device     (notebook 07)
+- ``cifar``       CIFAR-10 sources, the scratch CNN, gradual unfreezing       (notebook 07)
+- ``interpret``   top losses, most confused, confusion matrices, Grad-CAM     (notebook 08)
+- ``export``      one self-describing file: weights, classes, preprocessing   (notebook 08)
+- ``predict``     ``python -m tlhelpers.predict CHECKPOINT IMAGE...``          (notebook 08)
+- ``widgets``     interactive touches that degrade to plain output            (notebook 08)
+- ``folder``      your own ImageFolder tree: checks, split, the whole recipe  (notebook 09)
+- ``train_folder`` ``python -m tlhelpers.train_folder DATA_DIR ...``           (notebook 09)
+- ``run_course``  execute every notebook headless into ``build/``
 """
 
 __version__ = "0.1.0"
