@@ -22,9 +22,9 @@ peak memory) and the results come back as one table; ``--json`` also writes them
 
 Pets rows: a generated Oxford-IIIT Pet look-alike with ~500x375 JPEGs
 (``tlhelpers.samples.make_pets_sample``, in ``data_dir()/bench/``), so decoding costs what it
-costs on the real photos. CIFAR-10 rows come from ``benchmarks/bench_cifar.py`` when it
-provides ``benchmark_rows(device=..., steps=..., train_steps=..., batch_size=..., repeats=...)``
-returning rows with the keys of ``ROW_KEYS``.
+costs on the real photos. CIFAR-10 rows come from ``benchmarks/bench_cifar.py`` (ResNet50 at
+224: PIL ``Resize(224)`` per image against notebook 07's GPU-resident path; training only), run
+in a subprocess with this run's device and step count.
 """
 from __future__ import annotations
 
@@ -95,20 +95,20 @@ def _descendants(pid: int) -> list[int]:
 
 
 class PeakHostMemory:
-    """Peak host memory (MB) of this process and its children, sampled in a background thread."""
+    """Peak host memory (MB) of a process (default: this one) and its children, sampled in a background thread."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.05, pid: int | None = None):
         self.interval = interval
+        self.pid = pid or os.getpid()
         self.peak_kb = 0
-        self.method = "pss" if os.path.exists(f"/proc/{os.getpid()}/smaps_rollup") else "ru_maxrss"
+        self.method = "pss" if os.path.exists(f"/proc/{self.pid}/smaps_rollup") else "ru_maxrss"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
         if self.method == "pss":
-            pid = os.getpid()
-            total = sum(_pss_kb(p) for p in [pid, *_descendants(pid)])
-        else:  # kB on Linux, bytes on macOS
+            total = sum(_pss_kb(p) for p in [self.pid, *_descendants(self.pid)])
+        else:  # kB on Linux, bytes on macOS; only for this process
             total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             total = total // 1024 if sys.platform == "darwin" else total
         self.peak_kb = max(self.peak_kb, total)
@@ -268,7 +268,7 @@ def format_table(rows: list) -> str:
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['pipeline']}{' (baseline)' if r.get('baseline') else ''} | {r['device']} "
-            f"| {r['batch_size']} | {_fmt(r.get('load_img_s'), ',.0f')} | {_fmt(r.get('load_ratio'), '.1f', 'x')} "
+            f"| {_fmt(r.get('batch_size'), 'd')} | {_fmt(r.get('load_img_s'), ',.0f')} | {_fmt(r.get('load_ratio'), '.1f', 'x')} "
             f"| {_fmt(r.get('train_img_s'), ',.1f')} | {_fmt(r.get('train_ratio'), '.2f', 'x')} "
             f"| {_fmt(r.get('peak_host_mb'), ',.0f')} | {_fmt(r.get('peak_gpu_mb'), ',.0f')} |")
     return "\n".join(lines)
@@ -299,17 +299,48 @@ def load_average() -> list | None:
 
 
 def cifar_rows(args) -> tuple[list, str | None]:
-    """Rows from benchmarks/bench_cifar.py, or ([], why not)."""
+    """Rows from ``benchmarks/bench_cifar.py`` (run in a subprocess, its JSON converted), or ([], why not).
+
+    bench_cifar.py measures training only (ResNet50 at 224 on CIFAR-10: PIL ``Resize(224)`` per
+    image against notebook 07's GPU-resident path, and the scratch CNN at 32 px), all in one
+    process, so its peak host memory is one number for all its rows (in the notes).
+    """
+    script = HERE / "bench_cifar.py"
+    if not script.exists():
+        return [], "CIFAR-10 rows skipped: benchmarks/bench_cifar.py is not there."
+    on_cpu = args.device == "cpu"
+    batch_size = min(args.batch_size, 8) if on_cpu else args.batch_size  # ResNet50 at 224 on 2 cores: ~2 s per image
+    steps = max(1, args.train_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cifar.json"
+        cmd = [sys.executable, str(script), "--device", args.device, "--steps", str(steps),
+               "--batch-size", str(batch_size), "--json", str(out)]
+        if on_cpu:
+            cmd += ["--warmup", "1", "--limit", "2000"]
+        print("CIFAR-10: running benchmarks/bench_cifar.py ...", flush=True)
+        child = subprocess.Popen(cmd)
+        with PeakHostMemory(pid=child.pid) as memory:
+            child.wait()
+        if child.returncode != 0 or not out.exists():
+            return [], f"CIFAR-10 rows skipped: bench_cifar.py failed (exit code {child.returncode})."
+        report = json.loads(out.read_text())
     try:
-        import bench_cifar
-    except ImportError as err:
-        return [], f"CIFAR-10 rows skipped: benchmarks/bench_cifar.py cannot be imported ({err})."
-    rows_fn = getattr(bench_cifar, "benchmark_rows", None)
-    if rows_fn is None:
-        return [], "CIFAR-10 rows skipped: benchmarks/bench_cifar.py has no benchmark_rows(...) yet."
-    rows = rows_fn(device=args.device, steps=args.steps, train_steps=args.train_steps,
-                   batch_size=args.batch_size, repeats=args.repeats)
-    return [{key: row.get(key) for key in ROW_KEYS} | row for row in rows], None
+        dataset = f"CIFAR-10 ({report['images']:,} images), ResNet50 at {report['size']} px"
+        rows = [{"dataset": dataset, "pipeline": r["path"], "baseline": r["path"].startswith("(a)"),
+                 "device": args.device, "batch_size": report["batch_size"], "load_img_s": None,
+                 "train_img_s": r["img_per_s"], "peak_host_mb": None, "peak_gpu_mb": None}
+                for r in report["resnet50"]]
+        scratch = report.get("scratch_cnn")
+        if scratch:
+            rows.append({"dataset": "CIFAR-10, ScratchCNN at 32 px", "pipeline": scratch["path"], "baseline": False,
+                         "device": args.device, "batch_size": None, "load_img_s": None,
+                         "train_img_s": scratch["img_per_s"], "peak_host_mb": None, "peak_gpu_mb": None})
+    except (KeyError, TypeError) as err:
+        return [], f"CIFAR-10 rows skipped: bench_cifar.py's JSON has changed ({err!r}); update run.cifar_rows."
+    note = (f"CIFAR-10 rows: benchmarks/bench_cifar.py ({report.get('data', '?')}), {steps} timed training steps, "
+            f"training only (no separate loading measurement); one process for all its rows, peak host memory "
+            f"{memory.peak_mb:,.0f} MB.")
+    return [{key: row.get(key) for key in ROW_KEYS} for row in rows], note
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -380,10 +411,9 @@ def main(argv=None) -> int:
             print(f"Pets: measuring the {pipeline} pipeline ...", flush=True)
             rows.append(_run_in_subprocess(pipeline, args))
     if args.only in (None, "cifar"):
-        extra, why_not = cifar_rows(args)
+        extra, note = cifar_rows(args)
         rows.extend(extra)
-        if why_not:
-            notes.append(why_not)
+        notes.append(note)
     add_ratios(rows)
 
     result = {"machine": machine_info(args.device), "load_average_before": load_before,
