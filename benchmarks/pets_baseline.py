@@ -70,7 +70,7 @@ def original_optimizer(model: nn.Module, lr: float = 1e-4) -> torch.optim.Optimi
 
 
 def original_train_steps(model: nn.Module, batches, optimizer: torch.optim.Optimizer, grad_clip: float = 0.1) -> float:
-    """The write-up's inner loop, float32: forward, cross entropy, backward, clip by value, step. Returns the last loss."""
+    """The write-up's inner loop in float32: forward, cross entropy, backward, clip by value, step; the last loss."""
     model.train()
     loss = torch.zeros(())
     for images, labels in batches:

@@ -135,7 +135,7 @@ class PeakHostMemory:
 # --- the Pets data set -------------------------------------------------------------------------
 
 def ensure_bench_pets(n_images: int) -> tuple[Path, int, float | None]:
-    """The generated benchmark Pets set with about ``n_images`` images: (folder, images, seconds to generate or None)."""
+    """The generated Pets set with about ``n_images`` images: (folder, image count, seconds it took or None)."""
     from tlhelpers import config
     from tlhelpers.samples import MARKER, PET_BREEDS, make_pets_sample
 
@@ -263,12 +263,14 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 def format_table(rows: list) -> str:
     """The rows as a Markdown table (paste it into benchmarks/README.md as is)."""
-    lines = ["| data | pipeline | device | batch | load img/s | x base | train img/s | x base | peak host MB | peak GPU MB |",
+    lines = ["| data | pipeline | device | batch | load img/s | x base | train img/s | x base "
+             "| peak host MB | peak GPU MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['dataset']} | {r['pipeline']}{' (baseline)' if r.get('baseline') else ''} | {r['device']} "
-            f"| {_fmt(r.get('batch_size'), 'd')} | {_fmt(r.get('load_img_s'), ',.0f')} | {_fmt(r.get('load_ratio'), '.1f', 'x')} "
+            f"| {_fmt(r.get('batch_size'), 'd')} | {_fmt(r.get('load_img_s'), ',.0f')} "
+            f"| {_fmt(r.get('load_ratio'), '.1f', 'x')} "
             f"| {_fmt(r.get('train_img_s'), ',.1f')} | {_fmt(r.get('train_ratio'), '.2f', 'x')} "
             f"| {_fmt(r.get('peak_host_mb'), ',.0f')} | {_fmt(r.get('peak_gpu_mb'), ',.0f')} |")
     return "\n".join(lines)
@@ -350,11 +352,14 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--steps", type=int, help="batches per data-loading measurement (cpu 40, cuda 50)")
-    parser.add_argument("--train-steps", type=int, help="timed training steps, after 1 warm-up step (cpu 2, cuda 30); 0 skips training")
+    parser.add_argument("--train-steps", type=int,
+                        help="timed training steps, after 1 warm-up step (cpu 2, cuda 30); 0 skips training")
     parser.add_argument("--batch-size", type=int, help="images per batch (cpu 16, cuda 128)")
     parser.add_argument("--pets-images", type=int,
-                        help="size of the generated Pets set, rounded to whole breeds (cpu 1850, cuda 7400 ~ the real 7,390)")
-    parser.add_argument("--repeats", type=int, help="data-loading measurements per pipeline; the median is reported (3)")
+                        help="size of the generated Pets set, rounded to whole breeds "
+                             "(cpu 1850, cuda 7400 ~ the real 7,390)")
+    parser.add_argument("--repeats", type=int,
+                        help="data-loading measurements per pipeline; the median is reported (3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only", choices=("pets", "cifar"), help="run one data set only")
     # internal: one pipeline in a subprocess

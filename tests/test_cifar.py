@@ -66,6 +66,7 @@ def test_image_folder(tmp_path):
 def test_train_level_is_found_in_a_nested_folder(tmp_path):
     _write_tree(tmp_path / "download" / "cifar10")
     _check_arrays(cifar.load_cifar10(tmp_path / "download", verbose=False))
+    _check_arrays(cifar.load_cifar10(tmp_path / "download" / "cifar10" / "train", verbose=False))
 
 
 def test_nested_zip(tmp_path):
@@ -117,6 +118,33 @@ def test_bad_trees_are_clear_errors(tmp_path):
         zf.writestr("images/cat/1.jpg", b"x")
     with pytest.raises(FileNotFoundError, match="no 'train/<class>/<image>' files"):
         cifar.load_cifar10(wrong)
+
+
+def test_torchvision_source_converts_layout_and_explains_a_failed_download(monkeypatch, private_data_dir):
+    import torchvision.datasets
+
+    class FakeCIFAR10:  # what torchvision.datasets.CIFAR10 holds: (N, 32, 32, 3) uint8 and a list of labels
+        classes = list(cifar.CIFAR10_CLASSES)
+
+        def __init__(self, root, train, download):
+            assert download and Path(root) == private_data_dir
+            self.data = np.zeros((4 if train else 2, 32, 32, 3), dtype=np.uint8)
+            self.data[..., 0] = 255  # red
+            self.targets = [0, 1, 2, 3][: len(self.data)]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    images, labels, classes = cifar.load_cifar10("torchvision")
+    assert images.shape == (4, 3, 32, 32) and images[:, 0].min() == 255 and images[:, 1].max() == 0
+    assert labels.tolist() == [0, 1, 2, 3] and classes == list(cifar.CIFAR10_CLASSES)
+    splits = cifar.load_cifar10_splits("torchvision", verbose=False)
+    assert len(splits.val_labels) == 2 and "test split" in splits.held_out
+
+    def offline(*args, **kwargs):
+        raise OSError("no internet")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(RuntimeError, match=f"no internet.*{cifar.ENV_VAR}.*TLH_QUICK=1"):
+        cifar.load_cifar10(quick=False)
 
 
 def test_quick_sample_layout_and_classes(private_data_dir):
@@ -271,7 +299,7 @@ def test_a_phase_that_makes_things_worse_is_undone(capsys):
     from tlhelpers.train import evaluate
 
     phases = [cifar.Phase(stages=0, epochs=1, max_lr=1e-2),
-              cifar.Phase(stages=1, epochs=1, max_lr=1e6),  # plain SGD at this rate wrecks the model
+              cifar.Phase(stages=1, epochs=1, max_lr=10.0),  # plain SGD at this rate wrecks the model
               cifar.Phase(stages=1, epochs=1, max_lr=1e-2)]
     model, history, val_dl = _tiny_lite0_run(phases, opt_func=torch.optim.SGD)
     assert not history[1]["val_loss"] < history[0]["val_loss"]

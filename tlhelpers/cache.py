@@ -81,7 +81,7 @@ def load_square(path, size: int) -> np.ndarray:
 # --- where the cache lives and what it depends on ------------------------------------------
 
 def files_fingerprint(files: Sequence, size: int) -> str:
-    """A hash of what the cache depends on: the file names, sizes and mtimes in order, ``size``, the version (notebook 05).
+    """A hash of what the cache depends on: names, sizes, mtimes (in order), ``size``, version (notebook 05).
 
     Stat-ing a file is cheap (7,400 files take a few milliseconds), so the cache is checked on
     every use; reading the files' contents would take as long as decoding them.
@@ -112,7 +112,10 @@ def cache_paths(files: Sequence, size: int, cache_dir=None, name: str | None = N
 
 
 def read_image_cache(npy_path, json_path, fingerprint: str, count: int, size: int):
-    """The cached array (memory-mapped) if the sidecar's fingerprint matches and the file is whole, else None (notebook 05)."""
+    """The cached array (memory-mapped) if the sidecar matches ``fingerprint`` and the file is whole (notebook 05).
+
+    ``None`` when there is no cache, it is stale, or it is damaged: then it must be (re)built.
+    """
     try:
         meta = json.loads(Path(json_path).read_text())
         if meta.get("fingerprint") != fingerprint:
@@ -149,7 +152,7 @@ def _default_threads() -> int:
 
 def build_image_cache(files: Sequence, size: int = 256, cache_dir=None, progress: bool = True,
                       num_threads: int | None = None, name: str | None = None) -> np.ndarray:
-    """Every image of ``files`` decoded and squared once, as a memory-mapped ``(N, 3, size, size)`` uint8 array (notebook 05).
+    """Every image of ``files`` decoded and squared once: a memory-mapped (N, 3, size, size) uint8 array (notebook 05).
 
     Row ``i`` is ``files[i]`` (``load_square``, channels first). The first call decodes every
     file (with ``num_threads`` threads: PIL releases the GIL while it decodes and resizes, so
@@ -241,7 +244,7 @@ def cached_pets_loaders(pets_dir, size: int = 256, crop: int = 224, batch_size: 
                         seed: int = config.SEED, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", *,
                         stratified: bool = True, valid_batch_size: int | None = None,
                         on_bad_image: str = "raise", cache_dir=None, progress: bool = True):
-    """``(train_dl, valid_dl, classes)`` for the Pets images from a uint8 cache, batches made on ``device`` (notebook 05).
+    """``(train_dl, valid_dl, classes)`` for the Pets images from a uint8 cache, batches made on ``device`` (nb 05).
 
     The same files, labels and split as ``pets.make_pets_splits(pets_dir, val_pct, seed=seed,
     stratified=stratified)``, so results are comparable with the per-image path. Images are

@@ -65,8 +65,9 @@ class ImageArrays(NamedTuple):
 def quick_cifar10_sample(root=None, images_per_class: int = QUICK_IMAGES_PER_CLASS) -> Path:
     """Write (once) the generated CIFAR-like quick-mode sample and return its root folder (notebook 07).
 
-    The layout is that of the real copy: ``<root>/quick/cifar10/train/<class>/*.jpg``, 32x32,
-    with the ten CIFAR-10 class names (the pictures are coloured shapes, not photos).
+    The layout is that of the real copy: ``data_dir()/quick/cifar10/train/<class>/*.jpg`` (or
+    ``<root>/train/...``), 32x32, with the ten CIFAR-10 class names (the pictures are coloured
+    shapes, not photos).
     """
     from tlhelpers.samples import make_image_folder_sample
 
@@ -138,9 +139,11 @@ def _zip_split_files(zip_path: Path, split: str) -> tuple[str, dict[str, list[st
 
 
 def _find_split_dir(root: Path, split: str, max_depth: int = 3) -> Path:
-    """The ``<split>/`` folder at ``root`` or nested up to ``max_depth`` levels below it."""
+    """The ``<split>/`` folder at ``root`` or nested up to ``max_depth`` levels below it (or ``root`` itself)."""
     if (root / split).is_dir():
         return root / split
+    if root.name == split:  # the user passed .../train itself
+        return root
     found, level = [], [root]
     for _ in range(max_depth):
         level = [d for parent in level for d in sorted(parent.iterdir()) if d.is_dir() and not d.name.startswith(".")]
@@ -192,6 +195,14 @@ def _decode(data, size: int) -> np.ndarray:
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8)
+
+
+def _progress(items, enabled: bool):
+    if not enabled or len(items) < 5000:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="decode", unit="img", mininterval=1.0)
 
 
 def _fingerprint(source: Path, split: str, size: int) -> str:
@@ -270,12 +281,13 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
     if verbose:
         print(f"Decoding {len(files):,} images from {source} ({split}/, {len(tree)} classes); cached afterwards.")
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    progress = _progress(files, verbose)
     if is_zip:
         with zipfile.ZipFile(source) as zf:
-            for i, (name, _) in enumerate(files):
+            for i, (name, _) in enumerate(progress):
                 images[i] = _decode(zf.read(name), size)
     else:
-        for i, (path, _) in enumerate(files):
+        for i, (path, _) in enumerate(progress):
             images[i] = _decode(path, size)
     images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
     labels = np.array([label for _, label in files], dtype=np.int64)
