@@ -101,11 +101,10 @@ def main(argv=None) -> int:
     print(f"Running {len(notebooks)} notebooks in {mode_name} mode; results go to {out_dir}")
     results, start = [], time.perf_counter()
     for path in notebooks:
-        print(f"  {path.name:45s}", end="", flush=True)
         result = run_notebook(path, out_dir, timeout=args.timeout)
         results.append(result)
         status = "FAILED: " + result["error"] if result["error"] else "ok"
-        print(f"{result['seconds']:7.1f} s  peak {result['peak_rss_mb'] or '?':>5} MB  "
+        print(f"  {path.name:45s}{result['seconds']:7.1f} s  peak {result['peak_rss_mb'] or '?':>5} MB  "
               f"{result['figures']:2d} figures  {status}", flush=True)
     total = time.perf_counter() - start
     summary = {"mode": mode_name, "total_seconds": round(total, 1), "python": platform.python_version(),
