@@ -64,6 +64,15 @@ def test_setup_notebook_reads_quick_mode(monkeypatch, capsys):
     assert notebook.setup_notebook(verbose=False)[0] is False
 
 
+def test_setup_notebook_flushes_denormals():
+    import torch
+    torch.set_flush_denormal(False)
+    notebook.setup_notebook(verbose=False)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    assert tiny.item() == 0.0
+    torch.set_flush_denormal(False)
+
+
 def test_bad_quick_value_is_an_error(monkeypatch):
     monkeypatch.setenv("TLH_QUICK", "maybe")
     with pytest.raises(ValueError, match="TLH_QUICK"):

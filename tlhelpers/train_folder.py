@@ -165,6 +165,9 @@ def train(argv=None):
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit code (notebook 09)."""
+    import torch
+
+    torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.notebook)
     try:
         train(argv)
     except UsageError as err:
