@@ -10,7 +10,8 @@ workers (decode, ``Resize(224)``, crop and flip one image at a time on 2 CPU cor
     for xb, yb in loader:         # xb: (B, 3, 224, 224) float32 on the device, normalised
         ...
 
-Per batch, in this order (all on the device, all vectorised over the batch):
+Per batch, in this order (all on the device, vectorised over the batch; on a CPU with NumPy,
+see ``_numpy_on_cpu``):
 
 1. gather the batch's uint8 images (a seeded shuffle when ``shuffle=True``);
 2. training only: random crop of ``crop`` pixels from the image padded by ``pad``
