@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 
 from tlhelpers import config
+from tlhelpers.fileio import write_text_atomic
 from tlhelpers.gpu_data import GPUBatchLoader
 from tlhelpers.pets import (
     IMAGENET_MEAN, IMAGENET_STD, PetsDataset, load_rgb, random_split_indices, stratified_split_indices,
@@ -137,12 +138,6 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    part = path.with_name(f"{path.name}.{os.getpid()}.part")
-    part.write_text(text)
-    os.replace(part, path)
-
-
 def _default_threads() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(4, cpus))
@@ -211,7 +206,7 @@ def build_image_cache(files: Sequence, size: int = 256, cache_dir=None, progress
         "first_file": files[0].name, "last_file": files[-1].name,
         "build_seconds": round(time.perf_counter() - start, 2),
     }
-    _write_text_atomic(json_path, json.dumps(meta, indent=1) + "\n")  # last: marks the cache complete
+    write_text_atomic(json_path, json.dumps(meta, indent=1) + "\n")  # last: marks the cache complete
     return read_image_cache(npy_path, json_path, fingerprint, len(files), size)
 
 

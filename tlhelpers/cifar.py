@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from tlhelpers import config
+from tlhelpers.fileio import atomic_path, write_text_atomic
 from tlhelpers.models import ImageClassificationBase
 
 #: The 10 CIFAR-10 classes, sorted (torchvision's order, and the folders' sorted names).
@@ -233,10 +234,8 @@ def cache_paths(source, split: str = "train", size: int = 32, max_per_class: int
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as f:  # a file object, so np.save does not append ".npy" to the name
+    with atomic_path(path) as part, open(part, "wb") as f:  # a file object: np.save adds no ".npy"
         np.save(f, array)
-    os.replace(part, path)
 
 
 def _read_cache(paths: dict, fingerprint: str):
@@ -298,9 +297,7 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
         _save_npy_atomic(paths["labels"], labels)
         meta = {"fingerprint": fingerprint, "source": str(source), "split": split, "size": size,
                 "count": len(labels), "classes": classes}
-        part = paths["meta"].with_name(paths["meta"].name + ".part")
-        part.write_text(json.dumps(meta, indent=1) + "\n")  # written last: it marks the cache complete
-        os.replace(part, paths["meta"])
+        write_text_atomic(paths["meta"], json.dumps(meta, indent=1) + "\n")  # last: marks the cache complete
     return ImageArrays(torch.from_numpy(images), torch.from_numpy(labels), classes)
 
 

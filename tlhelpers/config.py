@@ -20,6 +20,11 @@ REPO_URL = "https://github.com/tl-course/transfer-learning-pytorch"
 #: Default seed; notebooks re-seed right before each random step.
 SEED = 42
 
+#: Channel mean and std (0-1 units) of ImageNet: what torchvision's pretrained weights expect.
+#: Re-exported by ``pets``, ``models`` and ``gpu_data``; defined once, here.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 

@@ -38,6 +38,7 @@ from typing import NoReturn, Sequence
 from tqdm.auto import tqdm
 
 from tlhelpers.config import data_dir
+from tlhelpers.fileio import write_text_atomic
 
 __all__ = [
     "RemoteFile",
@@ -497,12 +498,6 @@ def _archive_kind(archive: Path) -> str:
     raise ValueError(f"Cannot extract {archive}: expected a .tar, .tar.gz, .tgz or .zip file.")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(text)
-    os.replace(part, path)
-
-
 def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Safely extract a .tar/.tar.gz/.tgz/.zip into ``dest`` once (a marker skips it next time) (notebook 01)."""
     archive, dest = Path(archive), Path(dest)
@@ -565,7 +560,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
 
     # 4. Only now is the extraction complete.
     created = "".join(f"{entry.name}\n" for entry in entries)
-    _write_text_atomic(marker, f"{archive.name} was extracted completely. It created:\n{created}")
+    write_text_atomic(marker, f"{archive.name} was extracted completely. It created:\n{created}")
     print(f"Extracted {archive.name} into {dest}.")
     return dest
 

@@ -34,9 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: ImageNet statistics (0-1 units): what pretrained torchvision backbones expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (what torchvision backbones expect)
 
 
 def _as_uint8_images(images) -> torch.Tensor:

@@ -50,9 +50,7 @@ __all__ = [
     "resnet_stage_table", "imagenet_top_k", "accuracy", "ImageClassificationBase", "PetsModel",
 ]
 
-#: Normalisation of torchvision's ImageNet models, on 0-1 tensors.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (normalisation of torchvision's models)
 #: The 1000 ImageNet class names in index order (shipped with torchvision, no download).
 IMAGENET_CATEGORIES: list[str] = list(tvm.ResNet34_Weights.IMAGENET1K_V1.meta["categories"])
 

@@ -26,9 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
-#: ImageNet channel statistics, for torchvision's pretrained weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (for torchvision's pretrained weights)
 
 #: File endings treated as images (compared case-insensitively); anything else in images/ is skipped.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tlhelpers.fileio import write_text_atomic
+
 __all__ = ["Prediction", "PredictError", "check_image_paths", "load_images", "predict_images",
            "format_predictions", "main", "run_in_fresh_process"]
 
@@ -205,20 +207,12 @@ def main(argv=None) -> int:
     as_json = json.dumps([asdict(pred) for pred in predictions])
     if args.output is not None:
         try:
-            _write_text(args.output, as_json + "\n")
+            write_text_atomic(args.output, as_json + "\n")
         except OSError as err:
             print(f"predict: error: cannot write {args.output} ({err})", file=sys.stderr)
             return EXIT_BAD_INPUT
     print(as_json if args.json else format_predictions(predictions))
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: ``*.part`` first, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
 
 
 def run_in_fresh_process(checkpoint, images, *options: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlhelpers.device import to_device
+from tlhelpers.fileio import atomic_path
 from tlhelpers.models import accuracy, set_frozen_bn_eval
 
 CHECKPOINT_FORMAT = "tlhelpers-checkpoint"
@@ -259,18 +259,11 @@ def save_checkpoint(path, model: nn.Module, **extra) -> Path:
     leaves a truncated checkpoint. ``extra`` values should be plain Python values or
     tensors (e.g. ``optimizer=optimizer.state_dict()``) so the file loads with ``weights_only``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                "state_dict": model.state_dict(), **extra}
-    part = path.with_name(path.name + ".part")
-    try:
+    with atomic_path(path) as part:
         torch.save(payload, part)
-        os.replace(part, path)
-    finally:
-        if part.exists():
-            part.unlink()
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu") -> dict:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
+
+from tlhelpers.fileio import write_bytes_atomic
 
 __all__ = ["widgets_enabled", "figure_png", "show", "slider", "dropdown", "interactive_figure",
            "image_upload", "uploaded_image"]
@@ -219,7 +220,4 @@ def uploaded_image(upload, folder=None) -> Path | None:
     folder = Path(folder) if folder is not None else config.data_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (Path(name).name or "upload")  # keep only the file name: no "../" from a browser
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(content)
-    os.replace(part, path)
-    return path
+    return write_bytes_atomic(path, content)
