@@ -20,7 +20,7 @@ Each notebook teaches a piece and imports it from here, so the logic lives in on
 - ``widgets``     interactive touches that degrade to plain output            (notebook 08)
 - ``folder``      your own ImageFolder tree: checks, split, the whole recipe  (notebook 09)
 - ``train_folder`` ``python -m tlhelpers.train_folder DATA_DIR ...``           (notebook 09)
-- ``fileio``      atomic writes used by every module that saves a file
+- ``fileio``      atomic writes for files saved whole (checkpoints, sidecars, uploads)
 - ``run_course``  execute every notebook headless into ``build/``
 """
 
