@@ -35,7 +35,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from tlhelpers import cifar  # noqa: E402
-from tlhelpers.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader  # noqa: E402
+from tlhelpers.tools.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader  # noqa: E402
 from tlhelpers.train import train_model  # noqa: E402
 
 

@@ -21,7 +21,7 @@ peak memory) and the results come back as one table; ``--json`` also writes them
   optimizer state, and for the cached path the uint8 images themselves.
 
 Pets rows: a generated Oxford-IIIT Pet look-alike with ~500x375 JPEGs
-(``tlhelpers.samples.make_pets_sample``, in ``data_dir()/bench/``), so decoding costs what it
+(``tlhelpers.tools.samples.make_pets_sample``, in ``data_dir()/bench/``), so decoding costs what it
 costs on the real photos. CIFAR-10 rows come from ``benchmarks/bench_cifar.py`` (ResNet50 at
 224: PIL ``Resize(224)`` per image against notebook 07's GPU-resident path; training only), run
 in a subprocess with this run's device and step count.
@@ -137,7 +137,7 @@ class PeakHostMemory:
 def ensure_bench_pets(n_images: int) -> tuple[Path, int, float | None]:
     """The generated Pets set with about ``n_images`` images: (folder, image count, seconds it took or None)."""
     from tlhelpers import config
-    from tlhelpers.samples import MARKER, PET_BREEDS, make_pets_sample
+    from tlhelpers.tools.samples import MARKER, PET_BREEDS, make_pets_sample
 
     per_breed = max(2, min(200, round(n_images / len(PET_BREEDS))))  # the real set has <= 200 per breed
     root = config.data_dir() / "bench" / f"pets-{PETS_IMAGE_SIZE[0]}x{PETS_IMAGE_SIZE[1]}-{per_breed}"
@@ -185,7 +185,7 @@ def run_pets_pipeline(pipeline: str, args) -> dict:
     import torch
 
     import pets_baseline as base
-    from tlhelpers.cache import cached_pets_loaders, images_per_second
+    from tlhelpers.tools.cache import cached_pets_loaders, images_per_second
     from tlhelpers.train import train_model
 
     device = torch.device(args.device)
@@ -392,7 +392,7 @@ def main(argv=None) -> int:
     load_before = load_average()
     rows, notes, setup = [], [], {}
     if args.only in (None, "pets"):
-        from tlhelpers.cache import (
+        from tlhelpers.tools.cache import (
             build_image_cache, cache_build_seconds, cache_paths, files_fingerprint, read_image_cache,
         )
         from tlhelpers.pets import PetsDataset

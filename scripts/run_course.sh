@@ -4,4 +4,4 @@
 #   bash scripts/run_course.sh --full     the real datasets (downloads them)
 #   bash scripts/run_course.sh 07         only notebook 07
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-exec python -m tlhelpers.run_course "$@"
+exec python -m tlhelpers.tools.run_course "$@"

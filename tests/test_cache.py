@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from tlhelpers import cache
-from tlhelpers.cache import (
+from tlhelpers.tools import cache
+from tlhelpers.tools.cache import (
     build_image_cache, cache_build_seconds, cache_paths, cached_pets_loaders, images_per_second, load_square,
 )
-from tlhelpers.gpu_data import GPUBatchLoader
+from tlhelpers.tools.gpu_data import GPUBatchLoader
 from tlhelpers.pets import PetsDataset, load_rgb, make_pets_splits
-from tlhelpers.samples import make_pets_sample
+from tlhelpers.tools.samples import make_pets_sample
 
 # (width, height): landscape, portrait, square and a very wide one
 SHAPES = [(60, 40), (40, 60), (50, 50), (97, 31)]

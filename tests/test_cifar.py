@@ -269,7 +269,7 @@ def test_flip_tta_averages_an_image_and_its_mirror():
 
 
 def _tiny_lite0_run(phases, **options):
-    from tlhelpers.gpu_data import GPUBatchLoader
+    from tlhelpers.tools.gpu_data import GPUBatchLoader
     from tlhelpers.models import PetsModel
 
     torch.manual_seed(0)
@@ -315,7 +315,7 @@ REAL_DATA = os.environ.get("TLH_CIFAR10_TEST_DATA")
 
 def _train_and_score(model, splits, size, mean, std, epochs, max_lr, opt_func, batch_size=50):
     """Train on the GPU-resident path (here on the CPU); return (held-out accuracy, seconds)."""
-    from tlhelpers.gpu_data import GPUBatchLoader
+    from tlhelpers.tools.gpu_data import GPUBatchLoader
     from tlhelpers.train import evaluate, fit_one_cycle
 
     train_dl = GPUBatchLoader(splits.train_images, splits.train_labels, batch_size, train=True, pad=4,

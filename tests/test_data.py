@@ -1,4 +1,4 @@
-"""Tests for tlhelpers.data: registry, verified downloads and safe extraction (notebook 01).
+"""Tests for tlhelpers.tools.downloads: registry, verified downloads and safe extraction (notebook 01).
 
 Every download test talks to a small HTTP server on 127.0.0.1 started by the ``server`` fixture;
 nothing here touches any other address.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tlhelpers import data
-from tlhelpers.data import (
+from tlhelpers.tools import downloads as data
+from tlhelpers.tools.downloads import (
     DATASETS,
     ChecksumError,
     Dataset,

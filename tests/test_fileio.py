@@ -1,7 +1,7 @@
 """Atomic writes: the target is replaced whole or not at all."""
 import pytest
 
-from tlhelpers.fileio import atomic_path, write_bytes_atomic, write_text_atomic
+from tlhelpers.tools.fileio import atomic_path, write_bytes_atomic, write_text_atomic
 
 
 def test_write_creates_folders_and_leaves_no_part_file(tmp_path):

@@ -1,4 +1,4 @@
-"""tlhelpers.folder: layouts, checks with clear errors, the per-class split, imbalance, metrics, the recipe."""
+"""tlhelpers.tools.folder: layouts, checks with clear errors, the per-class split, imbalance, metrics, the recipe."""
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -8,13 +8,13 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 from torchvision.datasets import ImageFolder
 
-from tlhelpers import folder
-from tlhelpers.folder import (
+from tlhelpers.tools import folder
+from tlhelpers.tools.folder import (
     FolderError, balanced_sampler, class_weights, format_metrics_table, load_image_folder, validation_metrics,
     scan_image_folder, split_per_class, train_on_folder,
 )
-from tlhelpers.efficientnet_lite import LITE0_MEAN
-from tlhelpers.samples import make_image_folder_sample
+from tlhelpers.tools.efficientnet_lite import LITE0_MEAN
+from tlhelpers.tools.samples import make_image_folder_sample
 
 torch.set_num_threads(1)  # 2 shared cores: tiny models are fastest on one thread
 
@@ -305,7 +305,7 @@ def test_train_on_folder_checks_its_arguments(flat_dir):
 
 
 def test_pets_image_folder(tmp_path):
-    from tlhelpers.samples import PET_BREEDS, make_pets_sample
+    from tlhelpers.tools.samples import PET_BREEDS, make_pets_sample
 
     pets_dir = make_pets_sample(tmp_path, images_per_breed=2, image_size=(24, 20))
     root = folder.pets_image_folder(pets_dir)

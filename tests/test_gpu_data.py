@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlhelpers.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader
+from tlhelpers.tools.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader
 
 
 def _images(n=10, size=8, seed=0):
@@ -124,7 +124,7 @@ def test_crops_are_shifted_windows_of_the_padded_image():
                                                      (3, "constant", (7, 5), False)])
 def test_cpu_numpy_and_gpu_torch_paths_make_the_same_batches(monkeypatch, pad, pad_mode, crop, flip):
     # A CPU makes batches with NumPy (slices), a GPU with PyTorch (one gather): same random numbers, same batch.
-    from tlhelpers import gpu_data
+    from tlhelpers.tools import gpu_data
 
     def batches(use_numpy):
         monkeypatch.setattr(gpu_data, "_numpy_on_cpu", lambda device: use_numpy)

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tlhelpers import interpret, plotting  # noqa: E402
+from tlhelpers import interpret
+from tlhelpers.tools import plotting  # noqa: E402
 from tlhelpers.models import PetsModel, create_model  # noqa: E402
 
 torch.set_num_threads(1)  # 2 shared cores: tiny models are fastest on one thread

@@ -1,4 +1,4 @@
-"""Tests for tlhelpers.models and tlhelpers.efficientnet_lite (notebook 04). No network: downloads are monkeypatched."""
+"""Tests for tlhelpers.models and tlhelpers.tools.efficientnet_lite (notebook 04). No network: downloads are monkeypatched."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +11,9 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from tlhelpers import efficientnet_lite, models
-from tlhelpers.efficientnet_lite import LITE0_MEAN, LITE0_STD, EfficientNetLite0, efficientnet_lite0, weights_path
+from tlhelpers import models
+from tlhelpers.tools import efficientnet_lite
+from tlhelpers.tools.efficientnet_lite import LITE0_MEAN, LITE0_STD, EfficientNetLite0, efficientnet_lite0, weights_path
 from tlhelpers.models import (BACKBONES, ImageClassificationBase, PetsModel, PretrainedWeightsUnavailable, accuracy,
                               create_model, freeze_backbone, get_head, get_stages, imagenet_top_k,
                               parameter_summary, parameter_table, resnet_stage_table, stage_param_groups,

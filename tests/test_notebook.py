@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tlhelpers import config, notebook
+from tlhelpers import config
+from tlhelpers.tools import notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -35,7 +36,7 @@ def test_problems_are_detected(tmp_path):
     # --sync repairs outputs and the badge but cannot invent a missing setup cell
     assert notebook.sync_notebook(path)
     problems = notebook.notebook_problems(path)
-    assert problems == ["01_x.ipynb: the first code cell is not tlhelpers.notebook.SETUP_CELL"]
+    assert problems == ["01_x.ipynb: the first code cell is not tlhelpers.tools.notebook.SETUP_CELL"]
 
 
 def test_min_versions_match_requirements():

@@ -9,13 +9,14 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms as T
 
-from tlhelpers import pets, plotting
+from tlhelpers import pets
+from tlhelpers.tools import plotting
 from tlhelpers.pets import (
     IMAGENET_MEAN, IMAGENET_STD, PetsDataset, class_counts, eval_transforms, is_cat, load_rgb,
     make_loaders, make_pets_splits, parse_breed, random_split_indices, stratified_split_indices,
     train_transforms,
 )
-from tlhelpers.samples import NON_IMAGE_FILES, PET_BREEDS, make_pets_sample, read_pets_list
+from tlhelpers.tools.samples import NON_IMAGE_FILES, PET_BREEDS, make_pets_sample, read_pets_list
 
 matplotlib.use("Agg")
 
@@ -198,7 +199,7 @@ def test_default_num_workers(monkeypatch):
     assert pets.default_num_workers() == 0
 
 
-# --- image plots (tlhelpers.plotting, section "images") ------------------------------------
+# --- image plots (tlhelpers.tools.plotting, section "images") ------------------------------------
 
 def test_denormalize_inverts_normalize():
     torch.manual_seed(0)

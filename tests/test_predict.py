@@ -1,4 +1,4 @@
-"""Tests for tlhelpers.predict and the export round trip: in-process, in a fresh process, and every error case."""
+"""Tests for tlhelpers.tools.predict and the export round trip: in-process, in a fresh process, and every error case."""
 import json
 import re
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tlhelpers import predict
-from tlhelpers.export import EXPORT_KIND, export_model, load_exported, preprocess
+from tlhelpers.tools import predict
+from tlhelpers.tools.export import EXPORT_KIND, export_model, load_exported, preprocess
 from tlhelpers.models import create_model
 from tlhelpers.train import save_checkpoint
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlhelpers import samples
-from tlhelpers.samples import (
+from tlhelpers.tools import samples
+from tlhelpers.tools.samples import (
     AWKWARD_IMAGES, CAT_BREEDS, DOG_BREEDS, MARKER, NON_IMAGE_FILES, PET_BREEDS,
     draw_sample, ensure_pets, make_image_folder_sample, make_pets_sample, read_pets_list,
 )
@@ -149,7 +149,7 @@ def test_ensure_pets_quick_mode(tmp_path, monkeypatch):
 
 
 def test_ensure_pets_full_mode_downloads_the_registered_archive(tmp_path, monkeypatch):
-    from tlhelpers import data
+    from tlhelpers.tools import downloads as data
 
     calls = []
 

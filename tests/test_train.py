@@ -12,7 +12,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from tlhelpers import plotting, train  # noqa: E402
+from tlhelpers import train
+from tlhelpers.tools import plotting  # noqa: E402
 from tlhelpers.device import DeviceDataLoader  # noqa: E402
 from tlhelpers.models import ImageClassificationBase  # noqa: E402
 from tlhelpers.train import (  # noqa: E402

@@ -1,4 +1,4 @@
-"""The command line ``python -m tlhelpers.train_folder``: end to end, and every user error with exit code 2."""
+"""The command line ``python -m tlhelpers.tools.train_folder``: end to end, and every user error with exit code 2."""
 import json
 import os
 import re
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlhelpers import train_folder
-from tlhelpers.export import load_exported
-from tlhelpers.predict import predict_images, run_in_fresh_process
-from tlhelpers.samples import make_image_folder_sample
+from tlhelpers.tools import train_folder
+from tlhelpers.tools.export import load_exported
+from tlhelpers.tools.predict import predict_images, run_in_fresh_process
+from tlhelpers.tools.samples import make_image_folder_sample
 
 torch.set_num_threads(1)  # 2 shared cores: tiny models are fastest on one thread
 
@@ -23,9 +23,9 @@ FAST = ["--offline", "--frozen-epochs", "1", "--epochs", "1", "--image-size", "3
 
 
 def run_cli(*args, timeout=300):
-    """``python -m tlhelpers.train_folder ARGS`` in a fresh process, one thread, this checkout on the path."""
+    """``python -m tlhelpers.tools.train_folder ARGS`` in a fresh process, one thread, this checkout on the path."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "tlhelpers.train_folder", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "tlhelpers.tools.train_folder", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
@@ -85,7 +85,7 @@ def test_command_line_end_to_end(tmp_path):
     assert re.search(r"^time: [\d.]+ s training on cpu$", text, re.M)
     assert f"Wrote {out}" in text and out.is_file()
 
-    # tlhelpers.predict in a fresh process agrees with the exported model loaded here ...
+    # tlhelpers.tools.predict in a fresh process agrees with the exported model loaded here ...
     model, meta = load_exported(out)
     val_files = sorted((data_dir / "val").rglob("*.jpg"))
     predicted = run_in_fresh_process(out, val_files, "--json")

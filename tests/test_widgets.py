@@ -1,4 +1,4 @@
-"""Tests for tlhelpers.widgets: interactive touches that degrade to plain output outside a live Jupyter."""
+"""Tests for tlhelpers.tools.widgets: interactive touches that degrade to plain output outside a live Jupyter."""
 import base64
 
 import matplotlib
@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from tlhelpers import widgets  # noqa: E402
+from tlhelpers.tools import widgets  # noqa: E402
 
 
 def figure_for(calls):

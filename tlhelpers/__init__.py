@@ -16,10 +16,10 @@ Each notebook teaches a piece and imports it from here, so the logic lives in on
 - ``cifar``       CIFAR-10 sources, the scratch CNN, gradual unfreezing       (notebook 07)
 - ``interpret``   top losses, most confused, confusion matrices, Grad-CAM     (notebook 08)
 - ``export``      one self-describing file: weights, classes, preprocessing   (notebook 08)
-- ``predict``     ``python -m tlhelpers.predict CHECKPOINT IMAGE...``          (notebook 08)
+- ``predict``     ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE...``          (notebook 08)
 - ``widgets``     interactive touches that degrade to plain output            (notebook 08)
 - ``folder``      your own ImageFolder tree: checks, split, the whole recipe  (notebook 09)
-- ``train_folder`` ``python -m tlhelpers.train_folder DATA_DIR ...``           (notebook 09)
+- ``train_folder`` ``python -m tlhelpers.tools.train_folder DATA_DIR ...``           (notebook 09)
 - ``fileio``      atomic writes for files saved whole (checkpoints, sidecars, uploads)
 - ``run_course``  execute every notebook headless into ``build/``
 """

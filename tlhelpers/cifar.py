@@ -3,14 +3,14 @@
 Data, three sources behind one function, :func:`load_cifar10`:
 
 - **quick mode** (``TLH_QUICK=1``): a generated CIFAR-like 10-class sample at 32x32, written
-  by ``tlhelpers.samples.make_image_folder_sample`` to ``data_dir()/quick/cifar10/train/<class>/``;
+  by ``tlhelpers.tools.samples.make_image_folder_sample`` to ``data_dir()/quick/cifar10/train/<class>/``;
 - **an image-folder tree** ``<root>/train/<class>/*.jpg`` (optionally ``<root>/test/...``), or a
   ``.zip`` of one (the ``train/`` level is found inside any nesting), given as ``source=`` or
   through the environment variable ``TLH_CIFAR10_DIR``;
 - **torchvision** ``CIFAR10(download=True)`` into ``data_dir()`` (full mode, the default).
 
 Every source gives the same thing: ``images`` (N, 3, 32, 32) uint8, ``labels`` (N,) int64 and
-the sorted class names, ready for ``tlhelpers.gpu_data.GPUBatchLoader``. Decoding 50,000 JPEGs
+the sorted class names, ready for ``tlhelpers.tools.gpu_data.GPUBatchLoader``. Decoding 50,000 JPEGs
 takes a while on a CPU, so the decoded arrays are cached as ``.npy`` files in
 ``data_dir()/cache/``, keyed by the source's path, size and modification times.
 
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from tlhelpers import config
-from tlhelpers.fileio import atomic_path, write_text_atomic
+from tlhelpers.tools.fileio import atomic_path, write_text_atomic
 from tlhelpers.models import ImageClassificationBase
 
 #: The 10 CIFAR-10 classes, sorted (torchvision's order, and the folders' sorted names).
@@ -70,7 +70,7 @@ def quick_cifar10_sample(root=None, images_per_class: int = QUICK_IMAGES_PER_CLA
     ``<root>/train/...``), 32x32, with the ten CIFAR-10 class names (the pictures are coloured
     shapes, not photos).
     """
-    from tlhelpers.samples import make_image_folder_sample
+    from tlhelpers.tools.samples import make_image_folder_sample
 
     folder = Path(root) if root is not None else config.data_dir() / "quick" / "cifar10"
     make_image_folder_sample(folder / "train", classes=CIFAR10_CLASSES, images_per_class=images_per_class,

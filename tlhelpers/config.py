@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 #: The public repository of the course. PUBLICATION: set this once to the real address, then
-#: run ``python -m tlhelpers.notebook --sync`` to stamp it into every notebook's badge and setup cell.
+#: run ``python -m tlhelpers.tools.notebook --sync`` to stamp it into every notebook's badge and setup cell.
 REPO_URL = "https://github.com/tl-course/transfer-learning-pytorch"
 
 #: Default seed; notebooks re-seed right before each random step.
@@ -71,8 +71,12 @@ def build_dir() -> Path:
     return (REPO_ROOT / "build") if REPO_ROOT else Path.cwd() / "build"
 
 
-QUICK: bool = is_quick()
-DATA_DIR: Path = data_dir()
+#: The switches, read once here (the only place the package reads the environment):
+QUICK: bool = is_quick()                                 # TLH_QUICK=1
+DATA_DIR: Path = data_dir()                              # TLH_DATA_DIR
+OFFLINE: bool = _flag("TLH_OFFLINE", default=False)      # never download torchvision weights
+NO_WIDGETS: bool = _flag("TLH_NO_WIDGETS", default=False)  # plain figures instead of ipywidgets
+CIFAR10_DIR: str | None = os.environ.get("TLH_CIFAR10_DIR") or None  # a CIFAR-10 image folder or .zip
 
 
 def seed_everything(seed: int = SEED) -> int:

@@ -10,7 +10,7 @@
 - ``grad_cam``              where in the image the evidence for a class is (Selvaraju et al., 2017)
 
 Predictions come as ``(probs, targets)`` from ``tlhelpers.train.get_predictions``: tensors of
-shape ``(N, num_classes)`` and ``(N,)``. The figures for these live in ``tlhelpers.plotting``.
+shape ``(N, num_classes)`` and ``(N,)``. The figures for these live in ``tlhelpers.tools.plotting``.
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def _activation_after(layer: nn.Module, model: nn.Module):
     EfficientNet-Lite0's ``features`` ends with ``F.relu6(self._bn1(...))``: a hook on ``_bn1``
     sees the values *before* the ReLU6. Grad-CAM wants the feature maps the head really uses.
     """
-    from tlhelpers.efficientnet_lite import EfficientNetLite0
+    from tlhelpers.tools.efficientnet_lite import EfficientNetLite0
 
     for module in model.modules():
         if isinstance(module, EfficientNetLite0) and layer is module._bn1:

@@ -7,8 +7,8 @@ and prints a banner that says whether quick mode is on.
 
 Command line (run after editing notebooks)::
 
-    python -m tlhelpers.notebook --sync    # clear outputs, stamp setup cell and Colab badge
-    python -m tlhelpers.notebook --check   # report notebooks that are not clean (exit 1)
+    python -m tlhelpers.tools.notebook --sync    # clear outputs, stamp setup cell and Colab badge
+    python -m tlhelpers.tools.notebook --check   # report notebooks that are not clean (exit 1)
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def setup_cell(repo_url: str = config.REPO_URL) -> str:
         "import sys\n"
         'if "google.colab" in sys.modules:  # a fresh Colab runtime: install the course package\n'
         f'    %pip install -q "tlhelpers @ git+{repo_url}"\n'
-        "from tlhelpers.notebook import setup_notebook\n"
+        "from tlhelpers.tools.notebook import setup_notebook\n"
         "QUICK, device = setup_notebook()"
     )
 
@@ -155,7 +155,7 @@ def notebook_problems(path: Path) -> list[str]:
             problems.append(f"{path.name}: cell {i} has outputs or an execution count")
     code = [c for c in cells if c.get("cell_type") == "code"]
     if not code or _source(code[0]) != SETUP_CELL:
-        problems.append(f"{path.name}: the first code cell is not tlhelpers.notebook.SETUP_CELL")
+        problems.append(f"{path.name}: the first code cell is not tlhelpers.tools.notebook.SETUP_CELL")
     header = _source(cells[0]) if cells and cells[0].get("cell_type") == "markdown" else ""
     if colab_badge(path.name) not in header:
         problems.append(f"{path.name}: the first markdown cell lacks the Open-in-Colab badge")

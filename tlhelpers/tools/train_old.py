@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlhelpers.device import to_device
-from tlhelpers.fileio import atomic_path
+from tlhelpers.tools.fileio import atomic_path
 from tlhelpers.models import accuracy, set_frozen_bn_eval
 
 CHECKPOINT_FORMAT = "tlhelpers-checkpoint"

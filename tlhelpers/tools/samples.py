@@ -315,7 +315,7 @@ def make_pets_sample(root, images_per_breed: int = 8, image_size=(160, 120), see
                 (trainval if int(row[0].rsplit("_", 1)[1]) in in_trainval else test).append(row)
         for name in NON_IMAGE_FILES:
             # the real .mat files are MATLAB 5.0 files; a header and padding is enough to trip a loader
-            header = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by tlhelpers.samples"
+            header = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by tlhelpers.tools.samples"
             (images_dir / name).write_bytes(header.ljust(128, b" ") + bytes(64))
 
         def write_rows(path: Path, table, header: str = "") -> None:
@@ -355,7 +355,7 @@ def ensure_pets(root=None, quick: bool | None = None) -> Path:
 
     Quick mode: the generated sample in ``<root>/quick/oxford-iiit-pet`` (made once, redone if an
     earlier run was interrupted). Full mode: the real data set, downloaded and extracted by
-    ``tlhelpers.data`` into ``<root>/oxford-iiit-pet``. ``root`` defaults to
+    ``tlhelpers.tools.downloads`` into ``<root>/oxford-iiit-pet``. ``root`` defaults to
     ``tlhelpers.config.data_dir()`` and ``quick`` to ``tlhelpers.config.is_quick()``.
     """
     from tlhelpers import config
@@ -365,7 +365,7 @@ def ensure_pets(root=None, quick: bool | None = None) -> Path:
     if quick:
         return make_pets_sample(root / "quick")
 
-    from tlhelpers import data  # imported here: quick mode never needs the download code
+    from tlhelpers.tools import downloads as data  # imported here: quick mode never needs the download code
 
     return data.ensure_dataset("oxford-iiit-pet-fastai", root)
 
@@ -416,13 +416,13 @@ def make_image_folder_sample(
 def make_pets_archive(root):
     """The generated Pets sample packed as ``.tgz`` behind a ``file://`` URL: quick mode's download (notebook 01).
 
-    Returns a ``tlhelpers.data.RemoteFile`` like the registry's real entry, so notebook 01 runs the
+    Returns a ``tlhelpers.tools.downloads.RemoteFile`` like the registry's real entry, so notebook 01 runs the
     same download, checksum and extraction code in quick mode as on the real 800 MB archive.
     """
     import os
     import tarfile
 
-    from tlhelpers.data import RemoteFile, file_checksum
+    from tlhelpers.tools.downloads import RemoteFile, file_checksum
 
     root = Path(root)
     pet_dir = make_pets_sample(root / "src")

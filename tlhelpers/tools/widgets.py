@@ -20,7 +20,7 @@ import base64
 import io
 from pathlib import Path
 
-from tlhelpers.fileio import write_bytes_atomic
+from tlhelpers.tools.fileio import write_bytes_atomic
 
 __all__ = ["widgets_enabled", "figure_png", "show", "slider", "dropdown", "interactive_figure",
            "image_upload", "uploaded_image"]

@@ -1,16 +1,16 @@
 """Train a classifier on your own folder of images from the command line (notebook 09).
 
-    python -m tlhelpers.train_folder DATA_DIR --backbone resnet34 --epochs 3 --out model.pt
-    python -m tlhelpers.train_folder DATA_DIR --offline --epochs 2 --out model.pt   # no downloads
+    python -m tlhelpers.tools.train_folder DATA_DIR --backbone resnet34 --epochs 3 --out model.pt
+    python -m tlhelpers.tools.train_folder DATA_DIR --offline --epochs 2 --out model.pt   # no downloads
 
 ``DATA_DIR`` holds one sub-folder per class (``DATA_DIR/<class>/*.jpg``), or ``train/`` and
 ``val/`` folders that each hold one sub-folder per class. Without ``val/``, ``--val-pct`` of
 every class is held out for validation (reproducibly, by ``--seed``).
 
-The recipe is that of notebooks 02-06 (``tlhelpers.folder.train_on_folder``): ``--frozen-epochs``
+The recipe is that of notebooks 02-06 (``tlhelpers.tools.folder.train_on_folder``): ``--frozen-epochs``
 of training the new head on the frozen backbone (feature extraction), then ``--epochs`` of
 fine-tuning everything at a ten times lower learning rate, both with the one-cycle schedule.
-The checkpoint is a ``tlhelpers.export`` file: ``python -m tlhelpers.predict CHECKPOINT IMAGE...``.
+The checkpoint is a ``tlhelpers.tools.export`` file: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE...``.
 
 Mistakes in the input (a missing folder, a single class, an empty class, unreadable images,
 an unknown backbone, weights that cannot be downloaded) end with a message and exit code 2.
@@ -33,7 +33,7 @@ class UsageError(Exception):
 
 
 def _backbone_name(value: str) -> str:
-    from tlhelpers.folder import check_backbone
+    from tlhelpers.tools.folder import check_backbone
 
     try:
         return check_backbone(value)
@@ -69,13 +69,13 @@ def _positive(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m tlhelpers.train_folder`` (notebook 09)."""
+    """The command line of ``python -m tlhelpers.tools.train_folder`` (notebook 09)."""
     from tlhelpers.models import BACKBONES
 
     parser = argparse.ArgumentParser(
-        prog="python -m tlhelpers.train_folder",
+        prog="python -m tlhelpers.tools.train_folder",
         description="Fine-tune an ImageNet-pretrained network on a folder of images (one sub-folder per class, "
-                    "optionally inside train/ and val/) and export it for `python -m tlhelpers.predict`.")
+                    "optionally inside train/ and val/) and export it for `python -m tlhelpers.tools.predict`.")
     parser.add_argument("data_dir", metavar="DATA_DIR", type=Path,
                         help="folder with one sub-folder of images per class, or with train/ and val/ folders")
     parser.add_argument("--out", metavar="CHECKPOINT", type=Path, required=True,
@@ -133,7 +133,7 @@ def _check_out(path: Path) -> Path:
 
 def train(argv=None):
     """Parse ``argv``, train, export; returns ``(FolderRun, checkpoint path)``. Raises ``UsageError`` (notebook 09)."""
-    from tlhelpers.folder import FolderError, format_metrics_table, train_on_folder
+    from tlhelpers.tools.folder import FolderError, format_metrics_table, train_on_folder
     from tlhelpers.models import PretrainedWeightsUnavailable
 
     args = build_parser().parse_args(argv)
@@ -159,7 +159,7 @@ def train(argv=None):
     print(format_metrics_table(run.metrics))
     print(f"total time: {total:.1f} s (including loading the data and the model)")
     print(f"\nWrote {path} ({len(run.classes)} classes). Predict with:\n"
-          f"  python -m tlhelpers.predict {path} IMAGE...")
+          f"  python -m tlhelpers.tools.predict {path} IMAGE...")
     return run, path
 
 
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     """Command-line entry point; returns the exit code (notebook 09)."""
     import torch
 
-    torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.notebook)
+    torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.tools.notebook)
     try:
         train(argv)
     except UsageError as err:

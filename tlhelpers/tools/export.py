@@ -52,7 +52,7 @@ def load_exported(path, map_location="cpu") -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No exported model at {path}: check the path, or export one with "
-                                "tlhelpers.export.export_model (notebooks 06 and 08 do).")
+                                "tlhelpers.tools.export.export_model (notebooks 06 and 08 do).")
     try:
         ckpt = load_checkpoint(path, map_location=map_location)
     except ValueError as err:
@@ -60,21 +60,21 @@ def load_exported(path, map_location="cpu") -> tuple[nn.Module, dict]:
             raise
         raise ValueError(f"{path} is not an exported model: torch.load(weights_only=True) cannot read it "
                          f"({type(err.__cause__).__name__}). Export models with "
-                         "tlhelpers.export.export_model.") from err
+                         "tlhelpers.tools.export.export_model.") from err
     if ckpt.get("kind") != EXPORT_KIND:
         raise ValueError(f"{path} is a training checkpoint, not an exported classifier: it has no class names "
-                         "or preprocessing. Export one with tlhelpers.export.export_model(path, model, classes, image_size).")
+                         "or preprocessing. Export one with tlhelpers.tools.export.export_model(path, model, classes, image_size).")
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:
         raise ValueError(f"{path} is an incomplete export: it lacks {', '.join(missing)}. Export it again "
-                         "with tlhelpers.export.export_model.")
+                         "with tlhelpers.tools.export.export_model.")
     model = create_model(ckpt["backbone"], ckpt["num_classes"], pretrained=False, dropout=ckpt.get("dropout", 0.0))
     try:
         model.load_state_dict(ckpt.pop("state_dict"))
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit a {ckpt['backbone']!r} network with "
                          f"{ckpt['num_classes']} classes ({err}). "
-                         "Export it again with tlhelpers.export.export_model.") from err
+                         "Export it again with tlhelpers.tools.export.export_model.") from err
     model.eval()
     return model, ckpt
 

@@ -259,7 +259,7 @@ def plot_class_balance(splits, classes, normalize=True, title="Class balance"):
 # --- interpretation ---
 # Figures of notebook 08: the worst predictions, a confusion matrix that stays readable with 37
 # classes, accuracy per class, Grad-CAM heatmaps and the top-k bars of one prediction. The
-# numbers behind them come from tlhelpers.interpret and tlhelpers.predict.
+# numbers behind them come from tlhelpers.interpret and tlhelpers.tools.predict.
 
 
 def readable_class_name(name) -> str:
@@ -415,7 +415,7 @@ def plot_top_k(image, top, title="Prediction", actual=None):
     """An image beside the bar chart of its top-k classes and probabilities (notebook 08); returns the Figure.
 
     ``image``: a PIL image or an (H, W, 3) array; ``top``: ``[(class, probability), ...]`` most
-    likely first (``tlhelpers.predict.Prediction.top``). ``actual``: the true class, if known
+    likely first (``tlhelpers.tools.predict.Prediction.top``). ``actual``: the true class, if known
     (its bar is drawn green).
     """
     import matplotlib.pyplot as plt

@@ -1,15 +1,15 @@
 """Predict the classes of image files with an exported model: in a notebook or from the command line (notebook 08).
 
-In a notebook (the model and meta from ``tlhelpers.export.load_exported``)::
+In a notebook (the model and meta from ``tlhelpers.tools.export.load_exported``)::
 
     predictions = predict_images(model, meta, ["my_cat.jpg"], k=5)
     predictions[0].top     # [("Bengal", 0.91), ("Egyptian_Mau", 0.04), ...]
 
 From a terminal, in a fresh process::
 
-    python -m tlhelpers.predict data/models/pets_best.pt my_cat.jpg my_dog.png --top-k 3
-    python -m tlhelpers.predict MODEL IMAGE... --json             # JSON: every probability, full precision
-    python -m tlhelpers.predict MODEL IMAGE... --output out.json  # the text, plus that JSON in a file
+    python -m tlhelpers.tools.predict data/models/pets_best.pt my_cat.jpg my_dog.png --top-k 3
+    python -m tlhelpers.tools.predict MODEL IMAGE... --json             # JSON: every probability, full precision
+    python -m tlhelpers.tools.predict MODEL IMAGE... --output out.json  # the text, plus that JSON in a file
 
 Both go through the same ``predict_images``. The command exits with code 2 and a message naming
 the file for a missing or unreadable image and for a checkpoint that is not an exported model
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlhelpers.fileio import write_text_atomic
+from tlhelpers.tools.fileio import write_text_atomic
 
 __all__ = ["Prediction", "PredictError", "check_image_paths", "load_images", "predict_images",
            "format_predictions", "main", "run_in_fresh_process"]
@@ -74,7 +74,7 @@ def check_image_paths(paths) -> list[Path]:
 
 def load_images(paths, meta: dict) -> torch.Tensor:
     """Read image files as one ``(B, 3, size, size)`` batch, preprocessed as recorded in ``meta`` (notebook 08)."""
-    from tlhelpers.export import preprocess
+    from tlhelpers.tools.export import preprocess
     from tlhelpers.pets import load_rgb
 
     transform = preprocess(meta)
@@ -143,7 +143,7 @@ def format_predictions(predictions, width: int | None = None) -> str:
 
 def _load_model(checkpoint: Path, device: str):
     """``load_exported`` with every failure turned into a ``PredictError`` that names the file."""
-    from tlhelpers.export import load_exported
+    from tlhelpers.tools.export import load_exported
 
     if not checkpoint.exists():
         raise PredictError(f"checkpoint not found: {checkpoint}")
@@ -178,9 +178,9 @@ def _positive_int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tlhelpers.predict",
+        prog="python -m tlhelpers.tools.predict",
         description="Print the most likely classes of image files, with an exported model "
-                    "(tlhelpers.export.export_model, e.g. data/models/pets_best.pt from notebook 06).")
+                    "(tlhelpers.tools.export.export_model, e.g. data/models/pets_best.pt from notebook 06).")
     parser.add_argument("checkpoint", type=Path, help="the exported model (.pt)")
     parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, ...)")
     parser.add_argument("--top-k", type=_positive_int, default=5, help="how many classes per image (default 5)")
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """The command line: ``python -m tlhelpers.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
+    """The command line: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
     args = _parser().parse_args(argv)
     try:
         _check_device(args.device)
@@ -224,7 +224,7 @@ def run_in_fresh_process(checkpoint, images, *options: str, timeout: float = 300
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "tlhelpers.predict", str(checkpoint), *map(str, images), *options]
+    command = [sys.executable, "-m", "tlhelpers.tools.predict", str(checkpoint), *map(str, images), *options]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 

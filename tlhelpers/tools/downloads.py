@@ -3,7 +3,7 @@
 The idea comes from d2l's ``DATA_HUB``: every dataset the course uses is registered once, with the
 address of each file, its mirrors, its size and a checksum that proves we got the right bytes::
 
-    from tlhelpers.data import ensure_dataset
+    from tlhelpers.tools.downloads import ensure_dataset
     pets_dir = ensure_dataset("oxford-iiit-pet-fastai")   # data/oxford-iiit-pet
 
 Three rules make downloads safe to re-run and safe to interrupt:
@@ -38,7 +38,7 @@ from typing import NoReturn, Sequence
 from tqdm.auto import tqdm
 
 from tlhelpers.config import data_dir
-from tlhelpers.fileio import write_text_atomic
+from tlhelpers.tools.fileio import write_text_atomic
 
 __all__ = [
     "RemoteFile",

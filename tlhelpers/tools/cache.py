@@ -8,7 +8,7 @@ and the resize. So we do them **once**::
     images = build_image_cache(files, size=256)   # (N, 3, 256, 256) uint8, memory-mapped .npy
 
 and afterwards only the cheap random part runs, for a whole batch at once, on the device
-(``tlhelpers.gpu_data.GPUBatchLoader``: random crop, flip, normalise)::
+(``tlhelpers.tools.gpu_data.GPUBatchLoader``: random crop, flip, normalise)::
 
     train_dl, valid_dl, classes = cached_pets_loaders(pets_dir, size=256, crop=224, device=device)
 
@@ -46,8 +46,8 @@ import torch
 from PIL import Image
 
 from tlhelpers import config
-from tlhelpers.fileio import write_text_atomic
-from tlhelpers.gpu_data import GPUBatchLoader
+from tlhelpers.tools.fileio import write_text_atomic
+from tlhelpers.tools.gpu_data import GPUBatchLoader
 from tlhelpers.pets import (
     IMAGENET_MEAN, IMAGENET_STD, PetsDataset, load_rgb, random_split_indices, stratified_split_indices,
 )

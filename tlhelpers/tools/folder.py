@@ -1,4 +1,4 @@
-"""Transfer learning on your own folder of images (notebook 09, and ``python -m tlhelpers.train_folder``).
+"""Transfer learning on your own folder of images (notebook 09, and ``python -m tlhelpers.tools.train_folder``).
 
 The folder uses torchvision's ``ImageFolder`` layout, one sub-folder per class, with or without
 ``train/`` and ``val/`` sub-folders::
@@ -542,7 +542,7 @@ class FolderRun:
 
     def export(self, path):
         """Write an ``export_model`` file (weights, classes, preprocessing, metrics) for ``load_exported``."""
-        from tlhelpers.export import export_model
+        from tlhelpers.tools.export import export_model
 
         metrics = {k: v for k, v in self.metrics.items() if k != "confusion_matrix"}
         return export_model(path, self.model, self.classes, self.data.image_size, backbone=self.data.backbone,
@@ -687,7 +687,7 @@ def pets_image_folder(pets_dir=None) -> Path:
     """The Oxford-IIIT Pet photos as an ``ImageFolder`` tree, ``<data>/pets_by_breed/<breed>/*.jpg`` (notebook 09).
 
     Full mode of notebook 09 uses it as "your own folder": 37 breed folders of real photos.
-    ``pets_dir`` defaults to ``tlhelpers.samples.ensure_pets()`` (the download, or the quick-mode
+    ``pets_dir`` defaults to ``tlhelpers.tools.samples.ensure_pets()`` (the download, or the quick-mode
     sample); the tree is made next to it. The files are hard links to the originals (no extra
     disk space), or copies where links are impossible. Made once, in a ``.part`` folder renamed
     when complete.
@@ -696,7 +696,7 @@ def pets_image_folder(pets_dir=None) -> Path:
     import shutil
 
     from tlhelpers.pets import list_image_files, parse_breed
-    from tlhelpers.samples import ensure_pets
+    from tlhelpers.tools.samples import ensure_pets
 
     pets_dir = Path(pets_dir) if pets_dir is not None else ensure_pets()
     out = pets_dir.parent / "pets_by_breed"
@@ -711,7 +711,7 @@ def pets_image_folder(pets_dir=None) -> Path:
             os.link(path, target)
         except OSError:  # another drive, or a file system without hard links
             shutil.copy2(path, target)
-    (part / ".complete").write_text("made by tlhelpers.folder.pets_image_folder\n")
+    (part / ".complete").write_text("made by tlhelpers.tools.folder.pets_image_folder\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(part, out)
     return out

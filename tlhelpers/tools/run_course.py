@@ -1,8 +1,8 @@
 """Run the whole course headless: execute every notebook, keep the results in ``build/``.
 
-    python -m tlhelpers.run_course            # quick mode (sample data), every notebook
-    python -m tlhelpers.run_course --full     # full mode: real datasets (needs internet, a GPU helps)
-    python -m tlhelpers.run_course 04 07      # only the notebooks whose names start with these
+    python -m tlhelpers.tools.run_course            # quick mode (sample data), every notebook
+    python -m tlhelpers.tools.run_course --full     # full mode: real datasets (needs internet, a GPU helps)
+    python -m tlhelpers.tools.run_course 04 07      # only the notebooks whose names start with these
 
 Writes ``build/notebooks/NN_name.ipynb`` (executed, with outputs), every figure as
 ``build/figures/NN_name/figNN.png``, and ``build/run_summary.json`` with the wall time and the
