@@ -1,7 +1,8 @@
 """Training throughput on CIFAR-10 at 224 px: the per-image PIL pipeline vs our GPU-resident path (notebook 07).
 
-Measures ResNet50 training (random weights: throughput does not depend on them) through
-``tlhelpers.train.train_model``, in the same run and on the same images:
+Measures ResNet50 training (random weights: throughput does not depend on them) with the same
+training step (``train_steps``: forward, cross entropy, backward, SGD step), in the same run and
+on the same images:
 
   (a) baseline, the original write-up's path: PIL ``Resize(224)``, ``RandomCrop``, flip,
       ``ToTensor``, ``Normalize`` per image in DataLoader workers; fp32; ``.to(device)`` per batch;
@@ -15,7 +16,8 @@ and the scratch CNN of notebook 07 on path (b) at 32 px. Prints one table, write
     python benchmarks/bench_cifar.py --data ../shared/data/cifar10-jpeg-train.zip --device cuda --compile
     python benchmarks/bench_cifar.py --device cpu --steps 3 --batch-size 8      # a smoke run
 
-Without ``--data`` (or ``TLH_CIFAR10_DIR``), random images stand in: throughput is the same.
+Without ``--data`` (or ``TLH_CIFAR10_DIR``, read by ``tlhelpers.config``), random images stand
+in: throughput is the same.
 The baseline's workers read decoded arrays, not JPEG files, so they do less work than the
 original write-up did: the ratio is, if anything, an underestimate.
 """
@@ -30,13 +32,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from tlhelpers import cifar  # noqa: E402
-from tlhelpers.tools.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader  # noqa: E402
-from tlhelpers.train import train_model  # noqa: E402
+from tlhelpers import config  # noqa: E402
+from tlhelpers.cifar import ScratchCNN  # noqa: E402
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from tlhelpers.tools.cifar_data import CIFAR10_MEAN, CIFAR10_STD, load_cifar10  # noqa: E402
+from tlhelpers.tools.gpu_data import GPUBatchLoader  # noqa: E402
 
 
 class PILCifar(torch.utils.data.Dataset):
@@ -86,15 +91,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model: nn.Module, loader, device, steps: int, warmup: int, batch_size: int, **options) -> dict:
-    """Images per second of ``train_model`` over ``steps`` batches, after ``warmup`` batches."""
+def train_steps(model: nn.Module, batches, optimizer, device, amp: bool = False, grad_clip: float | None = None):
+    """One training step per batch, as the course's loops do it: batches moved to ``device`` (a no-op
+    for ``GPUBatchLoader``), bf16 autocast when ``amp``, cross entropy, backward, optional clipping, step."""
+    model.train()
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_value_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def measure(model: nn.Module, loader, device, steps: int, warmup: int, batch_size: int, amp: bool,
+            channels_last: bool) -> dict:
+    """Images per second of ``train_steps`` over ``steps`` batches, after ``warmup`` batches."""
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    run = dict(device=device, progress=False, verbose=False, **options)
     if warmup:  # cuDNN autotuning, torch.compile, worker start-up
-        train_model(model, Take(loader, warmup), None, optimizer, 1, **run)
+        train_steps(model, Take(loader, warmup), optimizer, device, amp)
     _sync(device)
     start = time.perf_counter()
-    train_model(model, Take(loader, steps), None, optimizer, 1, **run)
+    train_steps(model, Take(loader, steps), optimizer, device, amp)
     _sync(device)
     seconds = time.perf_counter() - start
     return {"img_per_s": steps * batch_size / seconds, "seconds": seconds, "steps": steps}
@@ -102,9 +123,9 @@ def measure(model: nn.Module, loader, device, steps: int, warmup: int, batch_siz
 
 def load_images(data, limit: int | None):
     """Decoded CIFAR-10 arrays from ``data`` (or ``TLH_CIFAR10_DIR``), else random images."""
-    data = data or os.environ.get(cifar.ENV_VAR)
+    data = data or config.CIFAR10_DIR
     if data:
-        images, labels, _ = cifar.load_cifar10(data, quick=False)
+        images, labels, _ = load_cifar10(data)
         source = str(data)
     else:
         n = limit or 50_000
@@ -168,7 +189,7 @@ def main(argv=None) -> dict:
     # (b) ours: uint8 on the device, augmentation and upsampling per batch on the device
     gpu_dl = GPUBatchLoader(images, labels, bs, train=True, pad=4, size=args.size, mean=IMAGENET_MEAN,
                             std=IMAGENET_STD, channels_last=True, drop_last=True, device=device)
-    amp = device.type == "cuda"  # bf16 autocast on CUDA (train_model picks bf16 where the GPU has it)
+    amp = device.type == "cuda"  # bf16 autocast on CUDA
     precision = "bf16 autocast" if amp else "fp32"
     result = measure(resnet50(), gpu_dl, device, batch_size=bs, amp=amp, channels_last=True, **common)
     rows.append({"path": f"(b) GPU-resident uint8, {precision}, channels_last", **result})
@@ -183,10 +204,10 @@ def main(argv=None) -> dict:
     del gpu_dl
 
     # the scratch CNN of notebook 07 on the GPU-resident path at 32 px
-    scratch_dl = GPUBatchLoader(images, labels, args.scratch_batch_size, train=True, pad=4, mean=cifar.CIFAR10_MEAN,
-                                std=cifar.CIFAR10_STD, channels_last=True, drop_last=True, device=device)
+    scratch_dl = GPUBatchLoader(images, labels, args.scratch_batch_size, train=True, pad=4, mean=CIFAR10_MEAN,
+                                std=CIFAR10_STD, channels_last=True, drop_last=True, device=device)
     torch.manual_seed(0)
-    scratch = measure(cifar.ScratchCNN(), scratch_dl, device, batch_size=args.scratch_batch_size, amp=amp,
+    scratch = measure(ScratchCNN(), scratch_dl, device, batch_size=args.scratch_batch_size, amp=amp,
                       channels_last=True, **common)
     scratch["epoch_seconds_45k"] = 45_000 / scratch["img_per_s"]
     scratch["path"] = f"ScratchCNN 32 px, GPU-resident, {precision}, batch {args.scratch_batch_size}"

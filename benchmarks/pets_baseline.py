@@ -24,8 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader, random_split
 from torchvision import transforms as T
 
-from tlhelpers.device import DeviceDataLoader
-from tlhelpers.pets import IMAGENET_MEAN, IMAGENET_STD, PetsDataset, default_num_workers
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
+from tlhelpers.pets import PetsDataset
+from tlhelpers.tools.images import default_num_workers
+from tlhelpers.training import DeviceDataLoader
 
 IMG_SIZE = 224
 

@@ -160,7 +160,7 @@ def _forever(loader):
 
 
 class _Take:
-    """The next ``n`` batches of an iterator, as a loader with a length (for ``train_model``)."""
+    """The next ``n`` batches of an iterator, as a loader with a length."""
 
     def __init__(self, batches, n: int):
         self.batches, self.n = batches, n
@@ -185,8 +185,8 @@ def run_pets_pipeline(pipeline: str, args) -> dict:
     import torch
 
     import pets_baseline as base
+    from bench_cifar import train_steps
     from tlhelpers.tools.cache import cached_pets_loaders, images_per_second
-    from tlhelpers.train import train_model
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -209,10 +209,12 @@ def run_pets_pipeline(pipeline: str, args) -> dict:
             if pipeline == "original":  # the write-up's loop: float32, NCHW, .to(device) per batch
                 def train(n):
                     base.original_train_steps(model, _Take(batches, n), optimizer)
-            else:  # the course's loop: mixed precision and channels_last on CUDA (automatic)
+            else:  # the course's way: bf16 autocast and channels_last on CUDA
+                if device.type == "cuda":
+                    model.to(memory_format=torch.channels_last)
+
                 def train(n):
-                    train_model(model, _Take(batches, n), None, optimizer, epochs=1, grad_clip=0.1,
-                                device=device, progress=False, verbose=False)
+                    train_steps(model, _Take(batches, n), optimizer, device, amp=device.type == "cuda", grad_clip=0.1)
             train(1)  # warm-up: first-call allocations, cuDNN algorithm choice, worker start
             _sync(device)
             start = time.perf_counter()

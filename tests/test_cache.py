@@ -12,8 +12,9 @@ from tlhelpers.tools import cache
 from tlhelpers.tools.cache import (
     build_image_cache, cache_build_seconds, cache_paths, cached_pets_loaders, images_per_second, load_square,
 )
+from tlhelpers.pets import PetsDataset, make_pets_splits
 from tlhelpers.tools.gpu_data import GPUBatchLoader
-from tlhelpers.pets import PetsDataset, load_rgb, make_pets_splits
+from tlhelpers.tools.images import load_rgb
 from tlhelpers.tools.samples import make_pets_sample
 
 # (width, height): landscape, portrait, square and a very wide one
@@ -192,14 +193,15 @@ def test_bad_arguments_are_clear_errors(image_files, pet_dir, tmp_path):
 def test_loaders_have_the_same_files_labels_and_split_as_make_pets_splits(pet_dir, tmp_path):
     train_dl, valid_dl, classes = cached_pets_loaders(pet_dir, size=32, crop=28, batch_size=16, val_pct=0.25,
                                                       seed=7, cache_dir=tmp_path, progress=False)
-    train_ds, valid_ds = make_pets_splits(pet_dir, val_pct=0.25, size=28, seed=7)
+    train_ds, valid_ds = make_pets_splits(pet_dir, size=28, val_pct=0.25, seed=7)
     assert isinstance(train_dl, GPUBatchLoader) and isinstance(valid_dl, GPUBatchLoader)
-    assert classes == train_ds.classes
+    assert classes == train_ds.dataset.classes
     assert train_dl.files == [train_ds.dataset.files[i] for i in train_ds.indices]
     assert valid_dl.files == [valid_ds.dataset.files[i] for i in valid_ds.indices]
     # validation: in order, the same labels; training: shuffled, the same labels once each
-    assert torch.cat([y for _, y in valid_dl]).tolist() == valid_ds.targets
-    assert sorted(torch.cat([y for _, y in train_dl]).tolist()) == sorted(train_ds.targets)
+    assert torch.cat([y for _, y in valid_dl]).tolist() == [valid_ds.dataset.targets[i] for i in valid_ds.indices]
+    assert sorted(torch.cat([y for _, y in train_dl]).tolist()) == sorted(
+        train_ds.dataset.targets[i] for i in train_ds.indices)
     xb, yb = next(iter(train_dl))
     assert xb.shape == (16, 3, 28, 28) and xb.dtype == torch.float32 and yb.dtype == torch.int64
     assert valid_dl.batch_size == 32 and len(valid_dl) == 2

@@ -1,92 +1,49 @@
-"""Tests for tlhelpers.device: default device, to_device on nested batches, DeviceDataLoader."""
-from collections import namedtuple
-
+"""The device helpers of tlhelpers.training (notebook 05): get_default_device, to_device, DeviceDataLoader."""
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlhelpers import device as device_mod
-from tlhelpers.device import DeviceDataLoader, get_default_device, to_device
+from tlhelpers.training import DeviceDataLoader, get_default_device, to_device
 
-# "meta" tensors have shapes but no data: a cheap, always-available second device, so moving
-# to it is visible on a CPU-only machine.
+# "meta" tensors have shapes but no data: a second device that every machine has, so a move is
+# visible on a CPU-only machine.
 META = torch.device("meta")
 
-Batch = namedtuple("Batch", ["images", "labels"])
 
-
-def test_get_default_device_is_cpu_without_accelerators(monkeypatch):
+def test_get_default_device_order(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert get_default_device() == torch.device("cpu")
-
-
-def test_get_default_device_prefers_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert get_default_device() == torch.device("cuda")
-
-
-def test_get_default_device_uses_mps_when_no_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert get_default_device().type == "mps"
+    assert get_default_device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_default_device() == torch.device("cuda")  # CUDA first, even where MPS exists
 
 
-def test_get_default_device_here_is_cpu():
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert get_default_device().type == "cpu"
-
-
-def test_to_device_moves_nested_structures_and_keeps_their_types():
-    data = {
-        "pair": (torch.zeros(2), [torch.ones(3), "name", 7]),
-        "batch": Batch(torch.zeros(2, 3), torch.tensor([0, 1])),
-    }
+def test_to_device_moves_nested_batches():
+    data = {"pair": (torch.zeros(2), [torch.ones(3), {"labels": torch.tensor([0, 1])}]), "mask": torch.ones(1)}
     moved = to_device(data, META)
-    images, rest = moved["pair"]
-    assert isinstance(moved["pair"], tuple) and isinstance(rest, list)
-    assert images.device == META and rest[0].device == META
-    assert rest[1:] == ["name", 7]  # non-tensors pass through unchanged
-    assert isinstance(moved["batch"], Batch)
-    assert moved["batch"].images.device == META and moved["batch"].labels.device == META
-    assert moved["batch"].images.shape == (2, 3)
-
-
-def test_to_device_on_a_plain_tensor_and_non_tensors():
+    images, (ones, inner) = moved["pair"]
+    assert set(moved) == {"pair", "mask"} and set(inner) == {"labels"}
+    assert all(t.device == META for t in (images, ones, inner["labels"], moved["mask"]))
+    assert ones.shape == (3,) and inner["labels"].dtype == torch.int64
     assert to_device(torch.zeros(1), META).device == META
-    assert to_device("text", META) == "text"
-    assert to_device(None, META) is None
+    assert data["pair"][0].device.type == "cpu"  # the input is left as it was
 
 
 def _loader(n=10, batch_size=4):
-    ds = TensorDataset(torch.randn(n, 3), torch.arange(n))
-    return DataLoader(ds, batch_size=batch_size)
+    return DataLoader(TensorDataset(torch.randn(n, 3), torch.arange(n)), batch_size=batch_size)
 
 
-def test_device_data_loader_len_and_iteration_on_cpu():
+def test_device_data_loader_len_and_iteration():
     dl = _loader()
-    ddl = DeviceDataLoader(dl, "cpu")
+    ddl = DeviceDataLoader(dl, torch.device("cpu"))
     assert len(ddl) == len(dl) == 3
     batches = list(ddl)
     assert [len(xb) for xb, _ in batches] == [4, 4, 2]
-    assert all(xb.device.type == "cpu" for xb, _ in batches)
     assert torch.equal(torch.cat([yb for _, yb in batches]), torch.arange(10))
-    assert ddl.dataset is dl.dataset and ddl.batch_size == 4
-    assert list(ddl) and len(list(ddl)) == 3  # can be iterated again (once per epoch)
+    assert len(list(ddl)) == 3  # iterable again: once per epoch
 
 
-def test_device_data_loader_moves_batches():
+def test_device_data_loader_moves_every_batch():
     batches = list(DeviceDataLoader(_loader(), META))
-    assert all(xb.device == META and yb.device == META for xb, yb in batches)
-
-
-def test_device_data_loader_default_device(monkeypatch):
-    monkeypatch.setattr(device_mod, "get_default_device", lambda: META)
-    assert DeviceDataLoader(_loader()).device == META
-    assert "meta" in repr(DeviceDataLoader(_loader()))
-
-
-def test_device_data_loader_non_blocking_only_for_pinned_cuda():
-    assert not DeviceDataLoader(_loader(), "cpu").non_blocking
-    pinned = DataLoader(TensorDataset(torch.zeros(2)), pin_memory=True)
-    assert DeviceDataLoader(pinned, "cuda").non_blocking
-    assert not DeviceDataLoader(pinned, "cpu").non_blocking
+    assert len(batches) == 3 and all(xb.device == META and yb.device == META for xb, yb in batches)

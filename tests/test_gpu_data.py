@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlhelpers.tools.gpu_data import IMAGENET_MEAN, IMAGENET_STD, GPUBatchLoader
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
+from tlhelpers.tools.gpu_data import GPUBatchLoader
 
 
 def _images(n=10, size=8, seed=0):

@@ -8,8 +8,8 @@ from PIL import Image
 
 from tlhelpers.tools import predict
 from tlhelpers.tools.export import EXPORT_KIND, export_model, load_exported, preprocess
-from tlhelpers.models import create_model
-from tlhelpers.train import save_checkpoint
+from tlhelpers.tools.images import load_rgb
+from tlhelpers.training import PretrainedClassifier
 
 torch.set_num_threads(1)  # 2 shared cores
 
@@ -19,12 +19,12 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A small exported classifier (random EfficientNet-Lite0 head and body) and three image files."""
+    """A small exported PretrainedClassifier (random EfficientNet-Lite0 weights) and three image files."""
     folder = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", num_classes=len(CLASSES), pretrained=False).eval()
+    model = PretrainedClassifier("efficientnet_lite0", num_classes=len(CLASSES), pretrained=False).eval()
     with torch.no_grad():  # make the classes clearly different so top-k orders are stable
-        model._fc.bias.copy_(torch.tensor([0.5, 0.0, -0.5]))
+        model.network._fc.bias.copy_(torch.tensor([0.5, 0.0, -0.5]))
     path = export_model(folder / "model.pt", model, CLASSES, IMAGE_SIZE)
     images = []
     pictures = [((200, 30, 30), (40, 30)), ((30, 200, 30), (30, 50)), ((30, 30, 200), (64, 64))]
@@ -41,8 +41,9 @@ def test_export_round_trip_gives_identical_logits(exported):
     model, path, images = exported
     reloaded, meta = load_exported(path)
     assert meta["kind"] == EXPORT_KIND and meta["classes"] == CLASSES and meta["image_size"] == IMAGE_SIZE
-    assert "state_dict" not in meta and not reloaded.training
-    batch = torch.stack([preprocess(meta)(Image.open(p).convert("RGB")) for p in images])
+    assert "state_dict" not in meta and not reloaded.training and meta["backbone"] == "efficientnet_lite0"
+    assert isinstance(reloaded, PretrainedClassifier) and reloaded.pretrained is False  # as exported
+    batch = torch.stack([preprocess(meta)(load_rgb(p)) for p in images])
     with torch.no_grad():
         assert torch.equal(model(batch), reloaded(batch))
 
@@ -52,7 +53,7 @@ def test_predict_images_matches_a_manual_forward_pass(exported):
     reloaded, meta = load_exported(path)
     predictions = predict.predict_images(reloaded, meta, images, k=2, batch_size=2)  # two batches
     assert [p.path for p in predictions] == [str(p) for p in images]
-    batch = torch.stack([preprocess(meta)(Image.open(p).convert("RGB")) for p in images])
+    batch = torch.stack([preprocess(meta)(load_rgb(p)) for p in images])
     with torch.no_grad():
         expected = reloaded(batch).softmax(dim=1)
     for pred, row in zip(predictions, expected):
@@ -63,16 +64,13 @@ def test_predict_images_matches_a_manual_forward_pass(exported):
     assert len(predict.predict_images(reloaded, meta, images[:1], k=10)[0].top) == len(CLASSES)  # k clipped
 
 
-def test_predict_images_restores_train_mode_with_frozen_batchnorm(exported):
-    from tlhelpers.models import freeze_backbone
-
+def test_predict_images_puts_every_layer_back_in_its_mode(exported):
     _, path, images = exported
     model, meta = load_exported(path)
-    freeze_backbone(model)
     model.train()
-    freeze_backbone(model)  # head in train mode, frozen BatchNorm layers in eval mode
+    model.network._bn1.eval()  # a mode model.train() would not give back: restored layer by layer
     predict.predict_images(model, meta, images[:1])
-    assert model.training and model._fc.training and not model._bn1.training
+    assert model.training and model.network._fc.training and not model.network._bn1.training
 
 
 def test_cli_in_a_fresh_process_prints_top_k_and_predicts_identically(exported, tmp_path):
@@ -143,26 +141,36 @@ def test_unreadable_image(exported, capsys, tmp_path):
 
 def test_training_checkpoint_is_not_an_export(exported, capsys, tmp_path):
     model, _, images = exported
-    training = save_checkpoint(tmp_path / "epoch3.pt", model, epoch=3)
+    training = tmp_path / "best.pt"
+    torch.save(model.state_dict(), training)  # what fit_one_cycle(checkpoint=...) writes
     code, _, err = run_main(capsys, training, images[0])
-    assert code == 2 and str(training) in err and "training checkpoint" in err
+    assert code == 2 and str(training) in err and "training checkpoint" in err and "bare state_dict" in err
 
 
 @pytest.mark.parametrize("content, says", [("random bytes", "is not an exported model"),
-                                           ("bare state_dict", "bare state_dict"),
-                                           ("incomplete export", "incomplete export")])
+                                           ("other dict", "is not an exported model"),
+                                           ("incomplete export", "incomplete export"),
+                                           ("wrong class count", "do not fit")])
 def test_other_files_are_not_exports(exported, capsys, tmp_path, content, says):
     model, path, images = exported
     bad = tmp_path / "model.pt"
     if content == "random bytes":
         bad.write_bytes(b"\x00\x01 certainly not a checkpoint" * 10)
-    elif content == "bare state_dict":
-        torch.save(model.state_dict(), bad)
+    elif content == "other dict":
+        torch.save({"epoch": 3, "state_dict": model.state_dict()}, bad)
+    elif content == "incomplete export":  # no classes, no sizes
+        torch.save({"kind": EXPORT_KIND, "backbone": "efficientnet_lite0", "state_dict": model.state_dict()}, bad)
     else:
-        save_checkpoint(bad, model, kind=EXPORT_KIND, backbone="efficientnet_lite0")  # no classes, no sizes
+        export_model(bad, model, CLASSES[:2], IMAGE_SIZE)  # a 3-class head saved as 2 classes
     code, out, err = run_main(capsys, bad, images[0])
     assert code == 2 and out == "" and str(bad) in err
     assert says in err and err.count(str(bad)) == 1  # named once, not repeated by every layer
+
+
+def test_export_needs_a_backbone_name(tmp_path):
+    with pytest.raises(TypeError, match="backbone"):
+        export_model(tmp_path / "linear.pt", torch.nn.Linear(2, 2), ["a", "b"], IMAGE_SIZE)
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_missing_checkpoint_and_bad_options(exported, capsys, tmp_path):

@@ -142,14 +142,13 @@ def test_finished_sample_is_reused_and_interrupted_one_redone(tmp_path):
 
 def test_ensure_pets_quick_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(samples, "make_pets_sample", lambda root: Path(root) / "oxford-iiit-pet")
-    monkeypatch.setenv("TLH_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("TLH_QUICK", "1")
-    assert ensure_pets() == tmp_path / "quick" / "oxford-iiit-pet"
     assert ensure_pets(tmp_path / "x", quick=True) == tmp_path / "x" / "quick" / "oxford-iiit-pet"
+    with pytest.raises(TypeError, match="quick"):
+        ensure_pets(tmp_path)  # quick mode is the caller's choice, never read behind its back
 
 
 def test_ensure_pets_full_mode_downloads_the_registered_archive(tmp_path, monkeypatch):
-    from tlhelpers.tools import downloads as data
+    from tlhelpers.tools import downloads
 
     calls = []
 
@@ -157,11 +156,24 @@ def test_ensure_pets_full_mode_downloads_the_registered_archive(tmp_path, monkey
         calls.append((name, root))
         return root / "oxford-iiit-pet"
 
-    monkeypatch.setattr(data, "ensure_dataset", fake_ensure_dataset)
-    monkeypatch.setenv("TLH_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("TLH_QUICK", "0")
-    assert ensure_pets() == tmp_path / "oxford-iiit-pet"
-    assert calls == [("oxford-iiit-pet-fastai", tmp_path)] and "oxford-iiit-pet-fastai" in data.DATASETS
+    monkeypatch.setattr(downloads, "ensure_dataset", fake_ensure_dataset)
+    assert ensure_pets(tmp_path, quick=False) == tmp_path / "oxford-iiit-pet"
+    assert calls == [("oxford-iiit-pet-fastai", tmp_path)] and "oxford-iiit-pet-fastai" in downloads.DATASETS
+
+
+def test_pets_archive_unpacks_to_the_sample(tmp_path):
+    import tarfile
+
+    from tlhelpers.tools.downloads import verify_checksum
+
+    remote = samples.make_pets_archive(tmp_path)
+    archive = tmp_path / remote.filename
+    assert remote.url == archive.resolve().as_uri() and verify_checksum(archive, remote.checksum)
+    assert remote.size == archive.stat().st_size and not list(tmp_path.glob("*.part"))
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "oxford-iiit-pet/annotations/list.txt" in names
+    assert sum(n.startswith("oxford-iiit-pet/images/") for n in names) == 37 * 8 + len(NON_IMAGE_FILES)
 
 
 # --- learnability --------------------------------------------------------------------------

@@ -20,10 +20,19 @@ def figure_for(calls):
     return render
 
 
-def test_no_widgets_outside_a_kernel_and_when_switched_off(monkeypatch):
+def test_widgets_need_a_kernel_and_are_off_with_no_widgets(monkeypatch):
+    import types
+
+    import IPython
+
+    from tlhelpers import config
+
     assert widgets.widgets_enabled() is False  # pytest runs no IPython kernel
-    monkeypatch.setenv("TLH_NO_WIDGETS", "1")
-    assert widgets.widgets_enabled() is False
+    monkeypatch.setattr(config, "NO_WIDGETS", False)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: types.SimpleNamespace(kernel=object()))
+    assert widgets.widgets_enabled() is True  # a kernel with ipywidgets ...
+    monkeypatch.setattr(config, "NO_WIDGETS", True)
+    assert widgets.widgets_enabled() is False  # ... unless TLH_NO_WIDGETS=1 turned them off
 
 
 def test_slider_and_dropdown_draw_the_default_position_without_widgets():

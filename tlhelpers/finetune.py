@@ -29,7 +29,7 @@ def get_lr(optimizer):
 
 def stage_param_groups(model, max_lr, lr_ratio=100):
     """Discriminative rates: the head at max_lr, each earlier stage lower, the first at max_lr / lr_ratio (notebook 06)."""
-    stages = get_stages(model) if hasattr(model, "backbone") else []  # [] for a network without stages
+    stages = get_stages(model) if isinstance(getattr(model, "backbone", None), str) else []  # [] for a network without stages
     groups, seen = [], set()
     for i, (name, modules) in enumerate(reversed(stages), start=1):  # last stage first, right after the head
         lr = max_lr / lr_ratio ** (i / len(stages))                 # evenly spaced on a log scale

@@ -35,11 +35,11 @@ def unfreeze(model, backbone, last_k_stages=None):
     if last_k_stages is None:
         model.requires_grad_(True)
         return
-    freeze_backbone(model, BACKBONES[backbone].head)
     stages = backbone_stages(model, backbone)  # [(name, [modules]), ...], first stage first
     if not 0 <= last_k_stages <= len(stages):
         raise ValueError(f"last_k_stages={last_k_stages}: {backbone} has {len(stages)} stages; "
                          f"use 0..{len(stages)}, or None for all.")
+    freeze_backbone(model, BACKBONES[backbone].head)
     for _, modules in stages[len(stages) - last_k_stages:]:
         for module in modules:
             module.requires_grad_(True)

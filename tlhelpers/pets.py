@@ -101,7 +101,7 @@ def show_batch(images, labels, classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, nr
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, denormalize(images, mean, std), labels):
-        ax.imshow(image.permute(1, 2, 0))  # (C, H, W) -> (H, W, C), the layout matplotlib wants
+        ax.imshow(image.permute(1, 2, 0).numpy())  # (C, H, W) -> (H, W, C), the layout matplotlib wants
         ax.set_title(classes[int(label)].replace("_", " "), fontsize=10)
     if title:
         fig.suptitle(title)
@@ -118,6 +118,8 @@ from torch.utils.data import DataLoader, Subset, random_split
 
 def random_split_indices(n, val_pct=0.2, seed=42):
     """Shuffle range(n) with a seeded generator, hold out val_pct: (train_idx, valid_idx) (notebook 03)."""
+    if not 0 < val_pct < 1:
+        raise ValueError(f"val_pct={val_pct}: give the validation share as a fraction, e.g. 0.2.")
     n_valid = round(n * val_pct)
     generator = torch.Generator().manual_seed(seed)  # the split depends on the seed alone
     train, valid = random_split(range(n), [n - n_valid, n_valid], generator=generator)
@@ -126,12 +128,15 @@ def random_split_indices(n, val_pct=0.2, seed=42):
 
 def stratified_split_indices(targets, val_pct=0.2, seed=42):
     """Like random_split_indices, but every class keeps its share in both parts (notebook 03)."""
-    indices = list(range(len(targets)))
+    if not 0 < val_pct < 1:
+        raise ValueError(f"val_pct={val_pct}: give the validation share as a fraction, e.g. 0.2.")
     try:
-        return train_test_split(indices, test_size=val_pct, stratify=targets, random_state=seed)
+        train, valid = train_test_split(range(len(targets)), test_size=val_pct, stratify=targets,
+                                        random_state=seed)
     except ValueError as err:  # e.g. a class with a single image
         raise ValueError(f"Cannot split {len(targets)} images with val_pct={val_pct} so that every class "
                          f"is in both parts ({err}). Add images to the small classes.") from err
+    return list(train), list(valid)
 
 
 def make_pets_splits(root, size, val_pct=0.2, seed=42, mean=IMAGENET_MEAN, std=IMAGENET_STD):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import urllib.error
 from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import Callable
 
 import torch
 import torchvision.models as tvm
@@ -28,13 +28,13 @@ from torchvision.models import WeightsEnum
 
 from tlhelpers import config
 from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
-from tlhelpers.tools.efficientnet_lite import LITE0_MEAN, LITE0_STD, efficientnet_lite0
+from tlhelpers.tools.efficientnet_lite import LITE0_MEAN, LITE0_STD, EfficientNetLite0, efficientnet_lite0
 
 #: The 1000 ImageNet class names in index order (shipped with torchvision, no download).
 IMAGENET_CATEGORIES: list[str] = list(tvm.ResNet34_Weights.IMAGENET1K_V1.meta["categories"])
 
 #: A backbone split into stages: (stage name, [modules]) pairs, first stage first.
-Stages = List[Tuple[str, List[nn.Module]]]
+Stages = list[tuple[str, list[nn.Module]]]
 
 
 # --- how each family splits into stages ------------------------------------------------------
@@ -72,16 +72,6 @@ def _vgg_stages(model) -> Stages:
     return groups + [("fc6-fc7", list(model.classifier[:6]))]
 
 
-def _lite0_stages(model) -> Stages:
-    return model.stages()
-
-
-def _children_stages(model) -> Stages:
-    """Generic fallback: every top-level child that has parameters."""
-    return [(name, [child]) for name, child in model.named_children()
-            if any(True for _ in child.parameters())]
-
-
 # --- the registry ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -89,31 +79,25 @@ class Backbone:
     """One entry of ``BACKBONES``: how to build a network and where its pieces are (notebook 04)."""
 
     name: str
-    builder: Callable[..., nn.Module]  # torchvision-style: builder(weights=...)
-    weights: WeightsEnum | None        # default ImageNet weights (None: loaded by the builder itself)
+    builder: Callable[..., nn.Module]  # torchvision: builder(weights=...); weights None: builder(pretrained=...)
+    weights: WeightsEnum | None        # default ImageNet weights (None: the builder loads its own)
     head: str                          # dotted path of the classifier layer, for ``get_submodule``
+    stages: Callable[[nn.Module], Stages]
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
-    stages: Callable[[nn.Module], Stages] = _children_stages
-
-
-def _lite0_builder(weights=None, pretrained: bool = True):
-    # dropout=0.2 before the classifier, like torchvision's efficientnet_b0
-    return efficientnet_lite0(pretrained=pretrained, num_classes=1000)
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in [
-    Backbone("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", stages=_resnet_stages),
-    Backbone("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", stages=_resnet_stages),
-    Backbone("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", stages=_resnet_stages),
+    Backbone("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc", _resnet_stages),
+    Backbone("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc", _resnet_stages),
+    Backbone("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc", _resnet_stages),
     Backbone("mobilenet_v2", tvm.mobilenet_v2, tvm.MobileNet_V2_Weights.IMAGENET1K_V2, "classifier.1",
-             stages=_mobilenet_v2_stages),
+             _mobilenet_v2_stages),
     Backbone("efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1, "classifier.1",
-             stages=_efficientnet_stages),
-    Backbone("vgg16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, "classifier.6", stages=_vgg_stages),
-    Backbone("efficientnet_lite0", _lite0_builder, None, "_fc", LITE0_MEAN, LITE0_STD, stages=_lite0_stages),
+             _efficientnet_stages),
+    Backbone("vgg16", tvm.vgg16, tvm.VGG16_Weights.IMAGENET1K_V1, "classifier.6", _vgg_stages),
+    Backbone("efficientnet_lite0", efficientnet_lite0, None, "_fc", EfficientNetLite0.stages, LITE0_MEAN, LITE0_STD),
 ]}
-
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -157,7 +141,7 @@ def _load_pretrained(backbone: Backbone, weights: WeightsEnum, offline: bool) ->
     """Build a torchvision model with ``weights``, turning download problems into a clear error."""
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     if offline and not os.path.isfile(cached):
-        raise PretrainedWeightsUnavailable(_unavailable_message(backbone, weights, "offline mode and not cached"))
+        raise PretrainedWeightsUnavailable(_unavailable_message(backbone, weights, "offline (TLH_OFFLINE=1) and not in the cache"))
     try:
         return backbone.builder(weights=weights)
     except (urllib.error.URLError, OSError) as err:  # no network, DNS, timeout, HTTP error
@@ -165,7 +149,6 @@ def _load_pretrained(backbone: Backbone, weights: WeightsEnum, offline: bool) ->
     except RuntimeError as err:  # e.g. a truncated or corrupted file in the cache ("invalid hash value")
         raise PretrainedWeightsUnavailable(_unavailable_message(
             backbone, weights, f"{err!r}; delete {cached} and retry")) from err
-
 
 
 def load_backbone(name_or_weights, pretrained: bool = True, offline: bool | None = None) -> nn.Module:
@@ -191,7 +174,7 @@ def backbone_stages(model: nn.Module, name: str) -> Stages:
 
 
 def _find_network(model: nn.Module) -> tuple[nn.Module, str]:
-    """(the network inside ``model``, its backbone name): ``model`` itself or a ``PretrainedClassifier``."""
+    """(``model.network``, the backbone name) of a ``PretrainedClassifier``; a clear error for any other model."""
     name = getattr(model, "backbone", None)
     if isinstance(name, str) and name in BACKBONES:
         return model.network, name
@@ -220,12 +203,15 @@ def parameter_summary(model: nn.Module) -> dict:
     return {"trainable": trainable, "frozen": total - trainable, "total": total}
 
 
-def parameter_table(model: nn.Module):
-    """A DataFrame of parameters per stage and head: trainable, frozen, total (notebook 04)."""
+def parameter_table(model: nn.Module, backbone: str | None = None):
+    """Parameters per stage and head, trainable and frozen: of a network built from ``BACKBONES[backbone]``,
+    or of a ``PretrainedClassifier`` (``backbone=None``); a DataFrame (notebook 04)."""
     import pandas as pd
 
-    head = get_head(model)
-    groups = get_stages(model) + [("head", [head])]
+    if backbone is None:  # a PretrainedClassifier knows its backbone
+        model, backbone = _find_network(model)
+    head = model.get_submodule(BACKBONES[backbone].head)
+    groups = backbone_stages(model, backbone) + [("head", [head])]
     seen, rows = set(), []
     for name, modules in groups:
         params = [p for m in modules for p in m.parameters() if id(p) not in seen]
@@ -293,8 +279,8 @@ def resnet_stage_table(model: nn.Module, input_size: int = 224):
 def imagenet_top_k(model: nn.Module, image_tensor_batch: torch.Tensor, k: int = 5) -> list:
     """The ``k`` most likely ImageNet classes per image, as [(class name, probability), ...] lists (notebook 04).
 
-    ``model`` must still have its 1000-class ImageNet head (``create_model(name, num_classes=None)``);
-    images must be normalised with that backbone's mean/std (``model.tl_meta``).
+    ``model`` must still have its 1000-class ImageNet head (``load_backbone(name)``); images must be
+    normalised with that backbone's mean/std (``BACKBONES[name].mean`` and ``.std``).
     """
     if image_tensor_batch.dim() == 3:
         image_tensor_batch = image_tensor_batch.unsqueeze(0)
@@ -307,7 +293,7 @@ def imagenet_top_k(model: nn.Module, image_tensor_batch: torch.Tensor, k: int = 
         model.train(was_training)
     if logits.shape[-1] != len(IMAGENET_CATEGORIES):
         raise ValueError(f"imagenet_top_k needs the 1000-class ImageNet head, the model outputs {logits.shape[-1]} "
-                         "classes: build it with create_model(name, num_classes=None).")
+                         "classes: pass the ImageNet network itself, load_backbone(name).")
     probs, indices = logits.float().softmax(dim=1).topk(k, dim=1)
     return [[(IMAGENET_CATEGORIES[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
             for row_p, row_i in zip(probs, indices)]

@@ -46,14 +46,14 @@ import torch
 from PIL import Image
 
 from tlhelpers import config
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
+from tlhelpers.pets import PetsDataset, random_split_indices, stratified_split_indices
 from tlhelpers.tools.fileio import write_text_atomic
 from tlhelpers.tools.gpu_data import GPUBatchLoader
-from tlhelpers.pets import (
-    IMAGENET_MEAN, IMAGENET_STD, PetsDataset, load_rgb, random_split_indices, stratified_split_indices,
-)
+from tlhelpers.tools.images import load_rgb
 
 __all__ = ["CACHE_VERSION", "load_square", "files_fingerprint", "cache_paths", "read_image_cache",
-           "build_image_cache", "cache_build_seconds", "cached_pets_loaders", "images_per_second"]
+           "build_uint8_cache", "build_image_cache", "cache_build_seconds", "cached_pets_loaders", "images_per_second"]
 
 #: Bump when ``load_square`` changes, so that every existing cache is rebuilt.
 CACHE_VERSION = 1
@@ -145,46 +145,38 @@ def _default_threads() -> int:
 
 # --- building the cache --------------------------------------------------------------------
 
-def build_image_cache(files: Sequence, size: int = 256, cache_dir=None, progress: bool = True,
-                      num_threads: int | None = None, name: str | None = None) -> np.ndarray:
-    """Every image of ``files`` decoded and squared once: a memory-mapped (N, 3, size, size) uint8 array (notebook 05).
+def build_uint8_cache(npy_path, json_path, fingerprint: str, count: int, size: int, decode_row, *,
+                      progress: bool = True, num_threads: int | None = None, meta: dict | None = None) -> np.ndarray:
+    """A memory-mapped ``(count, 3, size, size)`` uint8 array at ``npy_path``, built once (notebooks 05 and 07).
 
-    Row ``i`` is ``files[i]`` (``load_square``, channels first). The first call decodes every
-    file (with ``num_threads`` threads: PIL releases the GIL while it decodes and resizes, so
-    threads use all cores without pickling anything) and writes the cache under
-    ``cache_dir`` (default ``data_dir()/cache``); later calls only check the fingerprint and
-    open the file. A changed source file, or another ``size``, rebuilds it.
-    An unreadable image raises ``OSError`` naming the file, and leaves no partial cache.
+    ``decode_row(i)`` returns row ``i`` as a ``(size, size, 3)`` uint8 array. When the sidecar
+    ``json_path`` holds ``fingerprint`` the existing file is opened and nothing is decoded;
+    otherwise every row is decoded (with ``num_threads`` threads: PIL releases the GIL while it
+    decodes and resizes, so threads use all cores without pickling anything), written to a
+    ``.part`` file and renamed, and the sidecar (with ``meta``) is written last. An error or
+    Ctrl-C leaves no partial file.
     """
-    files = [Path(f) for f in files]
-    if not files:
-        raise ValueError("build_image_cache: files is empty; pass the image paths to cache "
-                         "(e.g. PetsDataset(pets_dir).files).")
-    if int(size) < 1:
-        raise ValueError(f"build_image_cache: size={size} must be a positive number of pixels, e.g. 256.")
-    size = int(size)
-    npy_path, json_path = cache_paths(files, size, cache_dir, name)
-    fingerprint = files_fingerprint(files, size)
-    cached = read_image_cache(npy_path, json_path, fingerprint, len(files), size)
+    npy_path, json_path = Path(npy_path), Path(json_path)
+    cached = read_image_cache(npy_path, json_path, fingerprint, count, size)
     if cached is not None:
         return cached
 
     npy_path.parent.mkdir(parents=True, exist_ok=True)
     part = npy_path.with_name(f"{npy_path.name}.{os.getpid()}.part")  # unique: two builds never share one
     start = time.perf_counter()
-    images = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(files), 3, size, size))
+    images = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
     try:
         def decode_into(i: int) -> None:
-            images[i] = load_square(files[i], size).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+            images[i] = decode_row(i).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(files), desc=f"caching {len(files):,} images at {size}x{size}", leave=False)
+            bar = tqdm(total=count, desc=f"caching {count:,} images at {size}x{size}", leave=False)
         pool = ThreadPoolExecutor(num_threads or _default_threads())
         try:
-            for _ in pool.map(decode_into, range(len(files))):
+            for _ in pool.map(decode_into, range(count)):
                 if bar is not None:
                     bar.update()
         finally:  # after an error, do not decode the remaining files first
@@ -199,15 +191,35 @@ def build_image_cache(files: Sequence, size: int = 256, cache_dir=None, progress
         images = None
         _remove(part)
         raise
-    meta = {
-        "format": "tlhelpers-image-cache", "version": CACHE_VERSION, "fingerprint": fingerprint,
-        "count": len(files), "size": size, "shape": [len(files), 3, size, size], "dtype": "uint8",
-        "square": SQUARE_METHOD, "source": str(files[0].resolve().parent),
-        "first_file": files[0].name, "last_file": files[-1].name,
-        "build_seconds": round(time.perf_counter() - start, 2),
-    }
+    meta = {"format": "tlhelpers-image-cache", "version": CACHE_VERSION, "fingerprint": fingerprint,
+            "count": count, "size": size, "shape": [count, 3, size, size], "dtype": "uint8", **(meta or {}),
+            "build_seconds": round(time.perf_counter() - start, 2)}
     write_text_atomic(json_path, json.dumps(meta, indent=1) + "\n")  # last: marks the cache complete
-    return read_image_cache(npy_path, json_path, fingerprint, len(files), size)
+    return read_image_cache(npy_path, json_path, fingerprint, count, size)
+
+
+def build_image_cache(files: Sequence, size: int = 256, cache_dir=None, progress: bool = True,
+                      num_threads: int | None = None, name: str | None = None) -> np.ndarray:
+    """Every image of ``files`` decoded and squared once: a memory-mapped (N, 3, size, size) uint8 array (notebook 05).
+
+    Row ``i`` is ``files[i]`` (``load_square``, channels first). The first call decodes every
+    file and writes the cache under ``cache_dir`` (default ``data_dir()/cache``; see
+    ``build_uint8_cache``); later calls only check the fingerprint and open the file. A changed
+    source file, or another ``size``, rebuilds it.
+    An unreadable image raises ``OSError`` naming the file, and leaves no partial cache.
+    """
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError("build_image_cache: files is empty; pass the image paths to cache "
+                         "(e.g. PetsDataset(pets_dir).files).")
+    if int(size) < 1:
+        raise ValueError(f"build_image_cache: size={size} must be a positive number of pixels, e.g. 256.")
+    size = int(size)
+    meta = {"square": SQUARE_METHOD, "source": str(files[0].resolve().parent),
+            "first_file": files[0].name, "last_file": files[-1].name}
+    return build_uint8_cache(*cache_paths(files, size, cache_dir, name), files_fingerprint(files, size), len(files),
+                             size, lambda i: load_square(files[i], size), progress=progress,
+                             num_threads=num_threads, meta=meta)
 
 
 def cache_build_seconds(files: Sequence, size: int, cache_dir=None, name: str | None = None) -> float | None:
@@ -238,11 +250,12 @@ def _rows_on_device(images: np.ndarray, indices: Sequence[int], device: torch.de
 def cached_pets_loaders(pets_dir, size: int = 256, crop: int = 224, batch_size: int = 64, val_pct: float = 0.2,
                         seed: int = config.SEED, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", *,
                         stratified: bool = True, valid_batch_size: int | None = None,
-                        on_bad_image: str = "raise", cache_dir=None, progress: bool = True):
+                        cache_dir=None, progress: bool = True):
     """``(train_dl, valid_dl, classes)`` for the Pets images from a uint8 cache, batches made on ``device`` (nb 05).
 
-    The same files, labels and split as ``pets.make_pets_splits(pets_dir, val_pct, seed=seed,
-    stratified=stratified)``, so results are comparable with the per-image path. Images are
+    The same files, labels and split as ``pets.make_pets_splits(pets_dir, size, val_pct, seed)``
+    (``stratified=False``: ``pets.random_split_indices`` instead), so results are comparable with
+    the per-image path. Images are
     cached at ``size`` x ``size`` (``build_image_cache``); training batches are random
     ``crop`` x ``crop`` crops with random horizontal flips, validation batches the centre
     crop, both normalised with ``mean``/``std``. Both loaders are ``GPUBatchLoader``s: the
@@ -253,7 +266,7 @@ def cached_pets_loaders(pets_dir, size: int = 256, crop: int = 224, batch_size: 
         raise ValueError(f"cached_pets_loaders: crop={crop} must be between 1 and size={size} "
                          "(the cached square); e.g. size=256, crop=224.")
     device = torch.device(device)
-    dataset = PetsDataset(pets_dir, on_bad_image=on_bad_image)  # sorted files, sorted classes
+    dataset = PetsDataset(pets_dir)  # sorted files, sorted classes
     if stratified:
         train_idx, valid_idx = stratified_split_indices(dataset.targets, val_pct, seed)
     else:

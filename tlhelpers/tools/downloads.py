@@ -42,7 +42,7 @@ from tlhelpers.tools.fileio import write_text_atomic
 
 __all__ = [
     "RemoteFile",
-    "Dataset",
+    "DatasetRecord",
     "DATASETS",
     "DownloadError",
     "ChecksumError",
@@ -77,7 +77,7 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
-class Dataset:
+class DatasetRecord:
     """A named dataset: its files, where its archives unpack, and the folder you get back (notebook 01)."""
 
     name: str
@@ -93,8 +93,8 @@ class Dataset:
 _S3_FASTAI = "https://s3.amazonaws.com/fast-ai-"
 _FASTAI_CHECKS = "fastai/fastai, file fastai/data/checks.txt (it records [size, md5] per URL)"
 
-DATASETS: dict[str, Dataset] = {
-    "oxford-iiit-pet-fastai": Dataset(
+DATASETS: dict[str, DatasetRecord] = {
+    "oxford-iiit-pet-fastai": DatasetRecord(
         name="oxford-iiit-pet-fastai",
         description="Oxford-IIIT Pet (37 breeds, 7,390 photos), images and annotations in one archive, "
         "as re-packed by fast.ai; the archive the original write-up used.",
@@ -112,7 +112,7 @@ DATASETS: dict[str, Dataset] = {
         extract_to=".",  # the archive already holds oxford-iiit-pet/{images,annotations}
         folder="oxford-iiit-pet",
     ),
-    "oxford-iiit-pet": Dataset(
+    "oxford-iiit-pet": DatasetRecord(
         name="oxford-iiit-pet",
         description="Oxford-IIIT Pet from the authors' site: two archives (images, annotations). "
         "fast.ai's combined archive is the registry entry 'oxford-iiit-pet-fastai', not a mirror of these.",
@@ -144,7 +144,7 @@ DATASETS: dict[str, Dataset] = {
         extract_to="oxford-iiit-pet",
         folder="oxford-iiit-pet",
     ),
-    "cifar10": Dataset(
+    "cifar10": DatasetRecord(
         name="cifar10",
         description="CIFAR-10 (10 classes, 60,000 32x32 images), the authors' Python pickles.",
         homepage="https://www.cs.toronto.edu/~kriz/cifar.html",
@@ -162,7 +162,7 @@ DATASETS: dict[str, Dataset] = {
         extract_to=".",  # the archive holds cifar-10-batches-py/
         folder="cifar-10-batches-py",
     ),
-    "cifar10-fastai": Dataset(
+    "cifar10-fastai": DatasetRecord(
         name="cifar10-fastai",
         description="CIFAR-10 as PNG image folders (cifar10/{train,test}/<class>/), re-packed by fast.ai. "
         "A different layout from 'cifar10', so a separate entry rather than a mirror.",
@@ -186,7 +186,7 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def get_dataset(name: str) -> Dataset:
+def get_dataset(name: str) -> DatasetRecord:
     """Look up a registry entry by name, with an error that lists the names we know (notebook 01)."""
     try:
         return DATASETS[name]

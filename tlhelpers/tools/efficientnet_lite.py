@@ -135,6 +135,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(in_ch, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
+        self._act_head = nn.ReLU6()  # a module (no weights), so a hook can see what the head receives
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
         for m in self.modules():  # used when no checkpoint is loaded (torchvision's EfficientNet init)
@@ -150,7 +151,7 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self._act_head(self._bn1(self._conv_head(x)))
 
     def forward(self, x):
         x = self.features(x).mean(dim=(2, 3))  # global average pooling: (B, 1280)
@@ -162,7 +163,7 @@ class EfficientNetLite0(nn.Module):
         for i, size in enumerate(self.stage_sizes, start=1):
             groups.append((f"stage{i}", list(self._blocks[start:start + size])))
             start += size
-        groups.append(("conv_head", [self._conv_head, self._bn1]))
+        groups.append(("conv_head", [self._conv_head, self._bn1, self._act_head]))
         return groups
 
 

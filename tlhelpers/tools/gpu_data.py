@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402  (what torchvision backbones expect)
+from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (for `mean=`, `std=`: re-exported)
 
 
 def _as_uint8_images(images) -> torch.Tensor:

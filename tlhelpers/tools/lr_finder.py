@@ -25,6 +25,9 @@ class LRFindResult:
     steepest: float = float("nan")                  # the rate where the loss falls fastest
     diverged: bool = False
 
+    def __getitem__(self, key):  # result["lrs"] too, as plotting.plot_lr_find reads it
+        return getattr(self, key)
+
 
 def _suggest(lrs: list, losses: list):
     """(minimum/10, steepest descent) from a smoothed loss curve, clipped to the swept range."""

@@ -33,6 +33,11 @@ LESSON_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
                  "(notebook 05)."),
     "finetune": (("06_fine_tuning_one_cycle",),
                  "fit_one_cycle and the course's one fine-tuning recipe, fine_tune (notebook 06)."),
+    "cifar": (("07_cifar10_resnet50_vs_scratch",),
+              "A compact CNN for 32x32 images trained from scratch, and flip test-time augmentation (notebook 07)."),
+    "interpret": (("08_interpret_and_predict",),
+                  "What did the model learn, and where does it fail? Top losses, the most confused pairs\n"
+                  "and Grad-CAM (notebook 08)."),
 }
 
 _HEADER = '''"""{doc}

@@ -1,9 +1,9 @@
-"""The setup cell every notebook opens with, and the tool that keeps the notebooks in shape.
+"""The setup cells every notebook opens with, and the tool that keeps the notebooks in shape.
 
-Every notebook's first code cell is ``SETUP_CELL``, verbatim: on Colab it installs this
-package from the course repository; everywhere it then calls :func:`setup_notebook`, which
-checks versions against ``requirements.txt``, seeds, picks the device, sets the plot style
-and prints a banner that says whether quick mode is on.
+Every notebook's first two code cells are ``SETUP_CELLS``, verbatim and visible: on Colab the
+first installs this package from the course repository; the second checks the versions of
+``requirements.txt``, reads quick mode from ``tlhelpers.config``, seeds, picks the device and
+sets the plot style, in plain code a student can read.
 
 Command line (run after editing notebooks)::
 
@@ -38,26 +38,60 @@ MIN_VERSIONS = {
     "tqdm": "4.66",
 }
 
-SETUP_MARKER = "# Setup: the same cell opens every notebook"
-
-
 def _repo_slug(url: str = config.REPO_URL) -> str:
     return url.rstrip("/").removeprefix("https://github.com/")
 
 
-def setup_cell(repo_url: str = config.REPO_URL) -> str:
-    """The first code cell of every notebook (stamped by ``--sync``)."""
+INSTALL_MARKER = "# Setup 1/2"
+SETUP_MARKER = "# Setup 2/2"
+OLD_SETUP_MARKER = "# Setup: the same cell opens every notebook"  # the single setup cell of older notebooks
+
+
+def install_cell(repo_url: str = config.REPO_URL) -> str:
+    """The first code cell of every notebook: on Colab, install the course package."""
     return (
-        f"{SETUP_MARKER} (master copy: tlhelpers/notebook.py).\n"
+        f"{INSTALL_MARKER}: on Colab, install the course package (elsewhere, the README's set-up did).\n"
         "import sys\n"
-        'if "google.colab" in sys.modules:  # a fresh Colab runtime: install the course package\n'
-        f'    %pip install -q "tlhelpers @ git+{repo_url}"\n'
-        "from tlhelpers.tools.notebook import setup_notebook\n"
-        "QUICK, device = setup_notebook()"
+        'if "google.colab" in sys.modules:\n'
+        f'    %pip install -q "tlhelpers @ git+{repo_url}"'
     )
 
 
+def setup_cell(min_versions: dict | None = None) -> str:
+    """The second code cell of every notebook: versions, quick mode, seed, device, plot style."""
+    versions = ",\n".join(f'    "{name}": "{minimum}"' for name, minimum in (min_versions or MIN_VERSIONS).items())
+    return (
+        f"{SETUP_MARKER}: versions, quick mode, seed, device and plots, the same in every notebook.\n"
+        "from importlib.metadata import version\n"
+        "\n"
+        "import matplotlib.pyplot as plt\n"
+        "import torch\n"
+        "from packaging.version import Version\n"
+        "\n"
+        "from tlhelpers import config\n"
+        "\n"
+        "MIN_VERSIONS = {  # the minimum versions of requirements.txt\n"
+        f"{versions},\n"
+        "}\n"
+        "for package, minimum in MIN_VERSIONS.items():\n"
+        "    assert Version(version(package).split(\"+\")[0]) >= Version(minimum), \\\n"
+        "        f\"{package} {version(package)} is too old: pip install -U '{package}>={minimum}'\"\n"
+        "\n"
+        "QUICK = config.QUICK  # quick mode (TLH_QUICK=1): a small sample of real photos, few epochs, small images\n"
+        "SEED = config.SEED    # we seed again right before every random step\n"
+        "config.seed_everything(SEED)\n"
+        "device = torch.device(\"cuda\" if torch.cuda.is_available() else \"cpu\")\n"
+        "torch.set_flush_denormal(True)  # near-zero \"denormal\" floats make CPUs many times slower\n"
+        "plt.rcParams.update({\"figure.dpi\": 100, \"savefig.dpi\": 300, \"axes.grid\": True, \"grid.alpha\": 0.3,\n"
+        "                     \"axes.spines.top\": False, \"axes.spines.right\": False, \"font.size\": 11})\n"
+        "print(f\"torch {torch.__version__} on {device}; data in {config.DATA_DIR}\")\n"
+        "print(\"QUICK MODE: a small sample, few epochs, small images\" if QUICK else \"Full mode: the real data sets\")"
+    )
+
+
+INSTALL_CELL = install_cell()
 SETUP_CELL = setup_cell()
+SETUP_CELLS = (INSTALL_CELL, SETUP_CELL)
 
 
 def colab_badge(notebook_name: str, repo_url: str = config.REPO_URL) -> str:
@@ -85,52 +119,6 @@ def check_versions(min_versions: dict[str, str] = MIN_VERSIONS) -> dict[str, str
     return found
 
 
-def set_plot_style() -> None:
-    """Plot defaults used by every figure of the course."""
-    import matplotlib as mpl
-
-    mpl.rcParams.update({
-        "figure.dpi": 100,
-        "savefig.dpi": 300,  # figures saved for slides or print
-        "figure.figsize": (8, 4.5),
-        "axes.grid": True,
-        "grid.alpha": 0.3,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.titleweight": "bold",
-        "image.interpolation": "nearest",
-    })
-
-
-def setup_notebook(seed: int = config.SEED, verbose: bool = True):
-    """Version checks, seed, device, plot style and a banner; returns ``(QUICK, device)`` (every notebook)."""
-    if sys.version_info < (3, 9):
-        raise RuntimeError(f"Python {platform.python_version()} is too old: the course needs Python >= 3.9.")
-    versions = check_versions()
-    quick = config.is_quick()
-    config.seed_everything(seed)
-    set_plot_style()
-    from tlhelpers.device import get_default_device
-
-    import torch
-
-    # Tiny "denormal" floats (from weights and gradients near zero, common when training from
-    # scratch) are up to 100x slower on x86 CPUs; flushing them to zero changes no result that
-    # matters and made notebook 06's from-scratch run 20x faster on our CI CPU (129 s -> 6 s).
-    torch.set_flush_denormal(True)
-    device = get_default_device()
-    if verbose:
-        gpu = f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""
-        print(f"Python {platform.python_version()}, torch {versions['torch']}, torchvision {versions['torchvision']}")
-        print(f"device: {device}{gpu}   seed: {seed}   data: {config.data_dir()}")
-        if quick:
-            print("QUICK MODE (TLH_QUICK=1): small generated sample data, few epochs, small images.\n"
-                  "Numbers below show the method working, not the real results; unset TLH_QUICK for the real run.")
-        else:
-            print("Full mode: real datasets, real sizes (set TLH_QUICK=1 for a fast run on sample data).")
-    return quick, device
-
-
 # --- keeping notebooks clean -------------------------------------------------------------
 
 NOTEBOOKS_DIR = (config.REPO_ROOT / "notebooks") if config.REPO_ROOT else Path("notebooks")
@@ -153,9 +141,9 @@ def notebook_problems(path: Path) -> list[str]:
     for i, cell in enumerate(cells):
         if cell.get("cell_type") == "code" and (cell.get("outputs") or cell.get("execution_count")):
             problems.append(f"{path.name}: cell {i} has outputs or an execution count")
-    code = [c for c in cells if c.get("cell_type") == "code"]
-    if not code or _source(code[0]) != SETUP_CELL:
-        problems.append(f"{path.name}: the first code cell is not tlhelpers.tools.notebook.SETUP_CELL")
+    code = [_source(c) for c in cells if c.get("cell_type") == "code"]
+    if tuple(code[:2]) != SETUP_CELLS:
+        problems.append(f"{path.name}: the first two code cells are not tlhelpers.tools.notebook.SETUP_CELLS")
     header = _source(cells[0]) if cells and cells[0].get("cell_type") == "markdown" else ""
     if colab_badge(path.name) not in header:
         problems.append(f"{path.name}: the first markdown cell lacks the Open-in-Colab badge")
@@ -168,11 +156,18 @@ def sync_notebook(path: Path) -> bool:
     text = path.read_text(encoding="utf-8")
     nb = json.loads(text)
     cells = nb.get("cells", [])
+    for i, cell in enumerate(cells):
+        if _source(cell).startswith(OLD_SETUP_MARKER):  # one old setup cell becomes the two new ones
+            second = dict(cell, id=f"{cell.get('id', 'setup')}-2"[:64])
+            cells[i:i + 1] = [cell, second]
+            cell["source"], second["source"] = INSTALL_MARKER, SETUP_MARKER
+            break
     for cell in cells:
         if cell.get("cell_type") == "code":
             cell["outputs"], cell["execution_count"] = [], None
-            if _source(cell).startswith(SETUP_MARKER):
-                cell["source"] = SETUP_CELL.splitlines(keepends=True)
+            for marker, text in ((INSTALL_MARKER, INSTALL_CELL), (SETUP_MARKER, SETUP_CELL)):
+                if _source(cell).startswith(marker):
+                    cell["source"] = text.splitlines(keepends=True)
         cell.get("metadata", {}).pop("execution", None)
     if cells and cells[0].get("cell_type") == "markdown":
         header = _source(cells[0])

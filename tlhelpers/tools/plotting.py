@@ -1,11 +1,14 @@
-"""The course's figures: images and batches, training curves, confusion matrices (all notebooks)."""
+"""The course's figures: images, training curves, confusion matrices (all notebooks).
+
+The lesson's own figures (``show_batch``) and ``denormalize`` live in ``tlhelpers.pets`` (notebook 02).
+"""
 from __future__ import annotations
 
 
 # --- training curves ---
 # Figures of a training history (notebooks 05-06). A history is the list of per-epoch dicts
-# returned by tlhelpers.train.fit / fit_one_cycle; it may start with a bare evaluate() result
-# (the "before training" point, plotted at epoch 0) and may join several fits
+# returned by tlhelpers.training.fit / tlhelpers.finetune.fit_one_cycle; it may start with a bare
+# evaluate() result (the "before training" point, plotted at epoch 0) and may join several fits
 # (history += fit_one_cycle(...)): epochs are numbered by position, not by each fit's count.
 
 
@@ -71,7 +74,7 @@ def plot_lrs(history, ax=None):
 def plot_lr_find(result, ax=None):
     """Smoothed loss against learning rate (log scale) from ``lr_find``, suggestion marked (notebook 06)."""
     ax = _new_axes(ax)
-    lrs, losses, suggestion = result["lrs"], result["losses"], result["suggestion"]
+    lrs, losses, suggestion = result.lrs, result.losses, result.suggestion
     ax.plot(lrs, losses)
     if lrs:
         i = min(range(len(lrs)), key=lambda j: abs(lrs[j] - suggestion))
@@ -104,30 +107,20 @@ def plot_histories(histories, metrics=("val_loss", "val_acc")):
 
 
 # --- images ---
-# Pictures of the data (notebooks 01-03): single images, titled batch grids, sample grids and the
-# class-balance bar charts. Tensors come normalised from the transforms; ``denormalize`` undoes it.
-
-
-def denormalize(images, mean=None, std=None):
-    """Undo ``Normalize(mean, std)`` on a (C, H, W) image or a (B, C, H, W) batch; clipped to 0-1 (notebook 02).
-
-    ``mean``/``std`` default to ImageNet's (``tlhelpers.pets.IMAGENET_MEAN``/``IMAGENET_STD``).
-    """
-    import torch
-
-    from tlhelpers.pets import IMAGENET_MEAN, IMAGENET_STD
-
-    images = torch.as_tensor(images, dtype=torch.float32)
-    mean = torch.as_tensor(IMAGENET_MEAN if mean is None else mean, dtype=images.dtype, device=images.device)
-    std = torch.as_tensor(IMAGENET_STD if std is None else std, dtype=images.dtype, device=images.device)
-    shape = (-1, 1, 1)  # broadcast over (C, H, W) and (B, C, H, W) alike
-    return (images * std.reshape(shape) + mean.reshape(shape)).clamp(0, 1)
+# Pictures of the data (notebooks 01-03): single images, sample grids and the class-balance bar
+# charts. Tensors come normalised from the transforms; ``tlhelpers.pets.denormalize`` undoes it.
 
 
 def _to_hwc(img, mean, std, normalized):
-    """A (C, H, W) tensor -> an (H, W, C) NumPy array in 0-1 for ``imshow``."""
-    img = denormalize(img, mean, std) if normalized else img.float().clamp(0, 1)
-    return img.detach().cpu().permute(1, 2, 0).numpy()
+    """A (C, H, W) tensor -> an (H, W, C) NumPy array in 0-1 for ``imshow``; mean/std None: ImageNet's."""
+    from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
+    from tlhelpers.pets import denormalize
+
+    if normalized:
+        img = denormalize(img, IMAGENET_MEAN if mean is None else mean, IMAGENET_STD if std is None else std)
+    else:
+        img = img.detach().float().cpu().clamp(0, 1)
+    return img.permute(1, 2, 0).numpy()
 
 
 def _label_name(label, classes):
@@ -149,37 +142,6 @@ def show_example(img, label, classes=None, mean=None, std=None, normalized=True)
     return fig
 
 
-def show_batch(dl_or_batch, classes=None, mean=None, std=None, n=16, nrow=8, normalized=True,
-               title="A batch of images"):
-    """The first ``n`` images of a batch, ``nrow`` per row, each titled with its class (notebook 02).
-
-    ``dl_or_batch``: a DataLoader (its first batch is shown) or an ``(images, labels)`` pair.
-    ``classes`` defaults to the loader's ``dataset.classes`` when it has one. Returns the Figure.
-    """
-    import math
-
-    import matplotlib.pyplot as plt
-
-    if isinstance(dl_or_batch, (tuple, list)):
-        images, labels = dl_or_batch[0], dl_or_batch[1]
-    else:
-        images, labels = next(iter(dl_or_batch))
-        if classes is None:
-            classes = getattr(getattr(dl_or_batch, "dataset", None), "classes", None)
-    n = min(n, len(images))
-    ncols = min(nrow, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.1 * nrows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(_to_hwc(images[i], mean, std, normalized))
-            ax.set_title(_label_name(labels[i], classes), fontsize=8)
-    fig.suptitle(f"{title} ({n} of {len(images)}, {tuple(images.shape[1:])} each)")
-    fig.tight_layout()
-    return fig
-
-
 def plot_image_grid(paths, titles=None, ncols=8, title="Sample images"):
     """Image files in a grid, titled by file name or ``titles``, at their own sizes (notebook 01); returns the Figure."""
     import math
@@ -187,7 +149,7 @@ def plot_image_grid(paths, titles=None, ncols=8, title="Sample images"):
 
     import matplotlib.pyplot as plt
 
-    from tlhelpers.pets import load_rgb
+    from tlhelpers.tools.images import load_rgb
 
     paths = [Path(p) for p in paths]
     titles = [p.name for p in paths] if titles is None else list(titles)
@@ -208,8 +170,7 @@ def plot_image_grid(paths, titles=None, ncols=8, title="Sample images"):
 def plot_breed_counts(counts, title="Images per breed"):
     """Bar chart of ``{breed: count}``, cats and dogs coloured apart (notebook 02); returns the Figure.
 
-    Cats are the Capitalised breeds (``tlhelpers.pets.is_cat``). Use ``tlhelpers.pets.class_counts``
-    to turn targets into counts.
+    Cats are the Capitalised breeds (``tlhelpers.pets.is_cat``).
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -237,13 +198,11 @@ def plot_class_balance(splits, classes, normalize=True, title="Class balance"):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from tlhelpers.pets import class_counts
-
     x = np.arange(len(classes))
     width = 0.8 / max(1, len(splits))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(classes) + 1), 4))
     for i, (name, targets) in enumerate(splits.items()):
-        counts = np.array(list(class_counts(targets, classes).values()), dtype=float)
+        counts = np.bincount(np.asarray(targets, dtype=int), minlength=len(classes)).astype(float)
         values = 100 * counts / max(1, counts.sum()) if normalize else counts
         ax.bar(x + (i - (len(splits) - 1) / 2) * width, values, width, label=f"{name} ({len(targets)})")
     if normalize and classes:
@@ -278,7 +237,7 @@ def plot_top_losses(dataset, probs, targets, indices, classes, mean=None, std=No
     """The images at ``indices`` titled actual / predicted (probability) / loss (notebook 08); returns the Figure.
 
     ``dataset[i]`` must give the normalised image tensor the model saw (the validation transform);
-    ``probs``/``targets`` are indexed like ``dataset`` (from ``tlhelpers.train.get_predictions``).
+    ``probs``/``targets`` are indexed like ``dataset`` (from ``tlhelpers.training.get_predictions``).
     """
     import math
 
@@ -320,7 +279,7 @@ def plot_class_confusion(cm, classes, order=None, normalize=True, annotate=None,
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from tlhelpers.interpret import normalize_rows
+    from tlhelpers.tools.diagnostics import normalize_rows
 
     cm = np.asarray(cm)
     order = list(range(len(cm))) if order is None else [int(i) for i in order]

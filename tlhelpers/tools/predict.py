@@ -75,7 +75,7 @@ def check_image_paths(paths) -> list[Path]:
 def load_images(paths, meta: dict) -> torch.Tensor:
     """Read image files as one ``(B, 3, size, size)`` batch, preprocessed as recorded in ``meta`` (notebook 08)."""
     from tlhelpers.tools.export import preprocess
-    from tlhelpers.pets import load_rgb
+    from tlhelpers.tools.images import load_rgb
 
     transform = preprocess(meta)
     tensors = []
@@ -104,7 +104,7 @@ def predict_images(model: nn.Module, meta: dict, paths, k: int = 5, batch_size: 
     classes = list(meta["classes"])
     k = max(1, min(int(k), len(classes)))
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # e.g. frozen BatchNorm layers in eval
     model.eval()
     results = []
     try:
@@ -117,17 +117,9 @@ def predict_images(model: nn.Module, meta: dict, paths, k: int = 5, batch_size: 
                 results.append(Prediction(str(path), [(classes[i], float(p)) for p, i in zip(tp.tolist(), ti.tolist())],
                                           p_row.tolist()))
     finally:
-        _restore_mode(model, was_training)
+        for module, training in modes.items():  # every layer back in the mode it was in
+            module.training = training
     return results
-
-
-def _restore_mode(model: nn.Module, was_training: bool) -> None:
-    """Back to train or eval mode; frozen BatchNorm layers stay in eval mode (the rule of notebook 04)."""
-    from tlhelpers.models import set_frozen_bn_eval
-
-    model.train(was_training)
-    if was_training:
-        set_frozen_bn_eval(model)
 
 
 def format_predictions(predictions, width: int | None = None) -> str:
@@ -221,7 +213,7 @@ def run_in_fresh_process(checkpoint, images, *options: str, timeout: float = 300
     Returns the ``CompletedProcess`` (``returncode``, ``stdout``, ``stderr`` as text). A fresh
     process shares nothing with the notebook: what it predicts comes from the file alone.
     """
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder that holds tlhelpers/
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "tlhelpers.tools.predict", str(checkpoint), *map(str, images), *options]

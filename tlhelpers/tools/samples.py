@@ -1,8 +1,9 @@
 """Generated sample data for quick mode, in the real on-disk layouts (introduced in notebook 01).
 
-Quick mode (``TLH_QUICK=1``) must run the whole course in minutes on a laptop CPU, so instead of
-downloading the 800 MB Oxford-IIIT Pet archive we *draw* a small stand-in with exactly the same
-folder layout, file names and annotation files. Every notebook then runs the same code on it.
+Quick mode (``TLH_QUICK=1``, passed on as ``quick=True``) must run the whole course in minutes on
+a laptop CPU, so instead of downloading the 800 MB Oxford-IIIT Pet archive we *draw* a small
+stand-in with exactly the same folder layout, file names and annotation files. Every notebook
+then runs the same code on it.
 
 The pictures are not pets: each class gets a distinctive but noisy combination of a background
 colour, a shape (circle, square, triangle, stripes, cross, ring) and a shape colour, with random
@@ -350,24 +351,91 @@ def read_pets_list(path) -> list[dict]:
     return rows
 
 
-def ensure_pets(root=None, quick: bool | None = None) -> Path:
+#: The real photos that ship with the course (with their attribution and licence beside them).
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
+PETS_SAMPLE = SAMPLE_DATA / "pets"          # 222 Oxford-IIIT Pet photos, 6 per breed
+CIFAR10_SAMPLE = SAMPLE_DATA / "cifar10"    # 1,000 CIFAR-10 images, 100 per class
+
+#: Four of the shipped photos are stored in the awkward forms the real data set (or any photo
+#: collection) contains, so that notebook 02 meets the same surprises in quick mode.
+REAL_AWKWARD_IMAGES = {
+    "Abyssinian_12.jpg": "RGBA",                   # PNG-encoded cut-out, although called .jpg
+    "Egyptian_Mau_10.jpg": "P",                    # palette image, GIF-encoded, called .jpg
+    "staffordshire_bull_terrier_100.jpg": "L",     # grayscale JPEG
+    "Egyptian_Mau_101.jpg": "CMYK",                # CMYK JPEG
+}
+
+
+def _annotation_rows(names: list[str]) -> list[tuple[str, int, int, int]]:
+    """``(image, CLASS-ID, SPECIES, BREED-ID)`` rows of ``list.txt`` for images named ``<Breed>_<n>``."""
+    rows = []
+    for name in names:
+        breed = name.rsplit("_", 1)[0]
+        species = 1 if breed in CAT_BREEDS else 2
+        breed_id = (CAT_BREEDS if species == 1 else DOG_BREEDS).index(breed) + 1
+        rows.append((name, PET_BREEDS.index(breed) + 1, species, breed_id))
+    return sorted(rows, key=lambda row: (row[1], row[0]))  # like the real file: by class, then by name
+
+
+def real_pets_sample(root) -> Path:
+    """``<root>/oxford-iiit-pet/``: the course's 222 real Pets photos in the layout of the real extraction.
+
+    Quick mode's data set (notebooks 01-06 and 08). ``images/`` holds the shipped photos, four of
+    them stored in awkward forms (``REAL_AWKWARD_IMAGES``) plus three non-image ``.mat`` files, as
+    in the real ``images/``; ``annotations/`` holds ``list.txt``, ``trainval.txt`` and ``test.txt``
+    in the real format (half of each breed in each split), and ``README.md``/``LICENSE.md`` carry
+    the photos' attribution and licence. Made once; a finished folder is reused.
+    """
+    photos = sorted((PETS_SAMPLE / "images").glob("*.jpg"))
+    if not photos:
+        raise FileNotFoundError(f"The course's Pets sample is missing from {PETS_SAMPLE / 'images'}: reinstall "
+                                "the course package (pip install -e .) or check out the repository again.")
+    params = {"kind": "oxford-iiit-pet-real", "version": 1, "photos": len(photos)}
+
+    def build(pet_dir: Path) -> None:
+        images_dir, annotations_dir = pet_dir / "images", pet_dir / "annotations"
+        images_dir.mkdir()
+        annotations_dir.mkdir()
+        for path in photos:
+            mode = REAL_AWKWARD_IMAGES.get(path.name)
+            if mode is None:
+                shutil.copyfile(path, images_dir / path.name)
+            else:
+                with Image.open(path) as img:
+                    _save_image(img.convert("RGB"), images_dir / path.name, mode)
+        for name in NON_IMAGE_FILES:
+            header = b"MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by tlhelpers.tools.samples"
+            (images_dir / name).write_bytes(header.ljust(128, b" ") + bytes(64))
+        for doc in ("README.md", "LICENSE.md"):
+            shutil.copyfile(PETS_SAMPLE / doc, pet_dir / doc)
+        rows = _annotation_rows([p.stem for p in photos])
+        trainval = [row for i, row in enumerate(rows) if i % 2 == 0]
+        test = [row for i, row in enumerate(rows) if i % 2 == 1]
+        for filename, table, header in (("list.txt", rows, _LIST_HEADER), ("trainval.txt", trainval, ""),
+                                        ("test.txt", test, "")):
+            lines = [f"{name} {class_id} {species} {breed_id}\n" for name, class_id, species, breed_id in table]
+            (annotations_dir / filename).write_text(header + "".join(lines), newline="\n")
+
+    return _build_sample(Path(root) / "oxford-iiit-pet", params, build)
+
+
+def ensure_pets(root=None, *, quick: bool) -> Path:
     """The Oxford-IIIT Pet folder (the one holding ``images/`` and ``annotations/``) (notebook 01).
 
-    Quick mode: the generated sample in ``<root>/quick/oxford-iiit-pet`` (made once, redone if an
-    earlier run was interrupted). Full mode: the real data set, downloaded and extracted by
+    ``quick=True``: the course's real 222-photo sample, in ``<root>/quick/oxford-iiit-pet``
+    (``real_pets_sample``). ``quick=False``: the real data set, downloaded and extracted by
     ``tlhelpers.tools.downloads`` into ``<root>/oxford-iiit-pet``. ``root`` defaults to
-    ``tlhelpers.config.data_dir()`` and ``quick`` to ``tlhelpers.config.is_quick()``.
+    ``config.DATA_DIR``; notebooks pass ``quick=QUICK`` from their setup cell.
     """
     from tlhelpers import config
 
-    root = Path(root) if root is not None else config.data_dir()
-    quick = config.is_quick() if quick is None else quick
+    root = Path(root) if root is not None else config.DATA_DIR
     if quick:
-        return make_pets_sample(root / "quick")
+        return real_pets_sample(root / "quick")
 
-    from tlhelpers.tools import downloads as data  # imported here: quick mode never needs the download code
+    from tlhelpers.tools import downloads  # imported here: quick mode never needs the download code
 
-    return data.ensure_dataset("oxford-iiit-pet-fastai", root)
+    return downloads.ensure_dataset("oxford-iiit-pet-fastai", root)
 
 
 # --- a generic image-folder tree -----------------------------------------------------------
@@ -414,25 +482,23 @@ def make_image_folder_sample(
 # --- a stand-in for the download server ------------------------------------------------------
 
 def make_pets_archive(root):
-    """The generated Pets sample packed as ``.tgz`` behind a ``file://`` URL: quick mode's download (notebook 01).
+    """The course's real Pets sample packed as ``.tgz`` behind a ``file://`` URL: quick mode's download (notebook 01).
 
     Returns a ``tlhelpers.tools.downloads.RemoteFile`` like the registry's real entry, so notebook 01 runs the
     same download, checksum and extraction code in quick mode as on the real 800 MB archive.
     """
-    import os
     import tarfile
 
     from tlhelpers.tools.downloads import RemoteFile, file_checksum
+    from tlhelpers.tools.fileio import atomic_path
 
     root = Path(root)
-    pet_dir = make_pets_sample(root / "src")
+    pet_dir = real_pets_sample(root / "src")
     archive = root / "oxford-iiit-pet-sample.tgz"
     if not archive.exists():
-        part = archive.with_name(archive.name + ".part")
-        with tarfile.open(part, "w:gz") as tar:
+        with atomic_path(archive) as part, tarfile.open(part, "w:gz") as tar:
             tar.add(pet_dir, arcname="oxford-iiit-pet")
-        os.replace(part, archive)
     return RemoteFile(url=archive.resolve().as_uri(), filename=archive.name,
                       checksum="sha256:" + file_checksum(archive),
-                      checksum_source="computed from the generated archive when it was made",
+                      checksum_source="computed from the packed sample archive when it was made",
                       size=archive.stat().st_size)

@@ -1,120 +1,311 @@
-"""Train a classifier on your own folder of images from the command line (notebook 09).
+"""Fine-tune a classifier on your own folder of images, from Python or the command line (notebook 09).
 
-    python -m tlhelpers.tools.train_folder DATA_DIR --backbone resnet34 --epochs 3 --out model.pt
-    python -m tlhelpers.tools.train_folder DATA_DIR --offline --epochs 2 --out model.pt   # no downloads
+    python -m tlhelpers.tools.train_folder DATA_DIR --out model.pt             # resnet34 (weights downloaded once)
+    python -m tlhelpers.tools.train_folder DATA_DIR --offline --out model.pt   # efficientnet_lite0, no download
 
-``DATA_DIR`` holds one sub-folder per class (``DATA_DIR/<class>/*.jpg``), or ``train/`` and
-``val/`` folders that each hold one sub-folder per class. Without ``val/``, ``--val-pct`` of
-every class is held out for validation (reproducibly, by ``--seed``).
+``DATA_DIR`` holds one sub-folder per class, or ``train/`` and ``val/`` folders that each hold one
+sub-folder per class (``tlhelpers.tools.image_folder``). Without ``val/``, ``--val-pct`` of every
+class is held out for validation (reproducibly, by ``--seed``).
 
-The recipe is that of notebooks 02-06 (``tlhelpers.tools.folder.train_on_folder``): ``--frozen-epochs``
-of training the new head on the frozen backbone (feature extraction), then ``--epochs`` of
-fine-tuning everything at a ten times lower learning rate, both with the one-cycle schedule.
-The checkpoint is a ``tlhelpers.tools.export`` file: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE...``.
+Training is notebook 06's recipe and nothing else: ``tlhelpers.finetune.fine_tune`` with a
+``FineTuneConfig`` on a ``tlhelpers.training.PretrainedClassifier``. Phase 1 (``--frozen-epochs``
+at ``--lr``) trains the new head on the frozen backbone; phase 2 (``--epochs`` at
+``--finetune-lr``) unfreezes all stages (or ``--unfreeze-stages``) with discriminative rates.
+Optimizer, weight decay, ``lr_ratio`` and gradient clipping are ``FineTuneConfig``'s defaults,
+so the command line and notebook 06 build the same parameter groups for the same settings.
+Each phase runs at least ``--min-steps`` optimizer steps (``FineTuneConfig.min_steps``): a small
+folder gets more epochs, a large one the epochs asked for. The checkpoint is a
+``tlhelpers.tools.export`` file: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE...``.
+
+Python API (notebook 09):
+
+- ``FolderConfig(backbone, image_size, batch_size, val_pct, bad_images, balance, num_workers,
+  device, seed, out)``: the settings that are not the fine-tuning recipe.
+- ``train_on_folder(root, folder_cfg=None, cfg=None) -> FolderRun``: scan and check the folder,
+  split it, build the model and loaders, ``fine_tune(model, train_dl, valid_dl, cfg)`` (default
+  ``FineTuneConfig(min_steps=MIN_STEPS)``), measure, and export when ``folder_cfg.out`` is set.
+  ``FolderRun``: ``model``, ``history``, ``metrics``, ``classes``, ``scan``, ``train_ds``,
+  ``valid_ds``, ``folder_cfg``, ``cfg``, ``train_time_s``, ``path``.
+- ``folder_loaders(train_ds, valid_ds, folder_cfg) -> (train_dl, valid_dl)``; ``balance="sampler"``
+  draws every class equally often (``WeightedRandomSampler``).
+- ``WeightedLossClassifier(backbone, num_classes, class_weights)``: ``balance="loss"``, a
+  ``PretrainedClassifier`` whose training loss (not the validation loss) weights rare classes up.
+- ``class_weights(targets, num_classes)``: scikit-learn's ``compute_class_weight("balanced")``.
+- ``validation_metrics(probs, labels, classes) -> dict``: accuracy, balanced accuracy, confusion
+  matrix and ``classification_report`` (scikit-learn).
+- ``export_run(run, path) -> Path``; ``config_from_args(args) -> FineTuneConfig``;
+  ``folder_config_from_args(args) -> FolderConfig``; ``build_parser()``; ``main(argv) -> exit code``.
 
 Mistakes in the input (a missing folder, a single class, an empty class, unreadable images,
-an unknown backbone, weights that cannot be downloaded) end with a message and exit code 2.
+weights that cannot be downloaded, settings that do not fit) end with a message and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from tlhelpers import config
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, confusion_matrix
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from tlhelpers.config import SEED, seed_everything
+from tlhelpers.finetune import FineTuneConfig, Phase, fine_tune
+from tlhelpers.pets import make_loaders
+from tlhelpers.tools.backbones import BACKBONES, PretrainedWeightsUnavailable, get_stages
+from tlhelpers.tools.image_folder import FolderError, FolderScan, folder_splits, scan_image_folder, split_summary
+from tlhelpers.tools.images import default_num_workers
+from tlhelpers.training import DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions
+
+#: Optimizer steps each phase runs at least, on any folder (``FineTuneConfig.min_steps``).
+#: Measured on 222 real Oxford-IIIT Pet photos (6 per breed, 160 px, efficientnet_lite0).
+MIN_STEPS = 60
+#: The fine-tuning rate as a share of ``--lr`` when ``--finetune-lr`` is not given: FineTuneConfig's ratio.
+_RECIPE = FineTuneConfig()
+FINETUNE_LR_FACTOR = _RECIPE.phases[1].max_lr / _RECIPE.phases[0].max_lr
+BALANCE_OPTIONS = (None, "loss", "sampler")
 EXIT_USAGE = 2
 
+
+@dataclass
+class FolderConfig:
+    """The settings of a folder run that are not the fine-tuning recipe (notebook 09)."""
+
+    backbone: str = "resnet34"
+    image_size: int = 224
+    batch_size: int = 32
+    val_pct: float = 0.2              # held out from every class when there is no val/ folder
+    bad_images: str = "fail"          # unreadable images: "fail" (stop and list them) or "skip"
+    balance: str | None = None        # imbalanced classes: None, "loss" or "sampler"
+    num_workers: int | None = None    # DataLoader workers; None: tools.images.default_num_workers()
+    device: str | None = None         # None: training.get_default_device()
+    seed: int = SEED
+    out: Path | None = None           # export the model here (tools.export), or None
+
+    def check(self) -> None:
+        """A ValueError naming the setting that cannot work, before any slow step."""
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is unknown; use one of {', '.join(BACKBONES)}.")
+        if self.balance not in BALANCE_OPTIONS:
+            raise ValueError(f"balance={self.balance!r}: use None, 'loss' (weighted loss) or 'sampler'.")
+
+
+class WeightedLossClassifier(PretrainedClassifier):
+    """A PretrainedClassifier whose training loss weights each class; validation stays unweighted (notebook 09)."""
+
+    def __init__(self, backbone, num_classes, class_weights, pretrained=True):
+        super().__init__(backbone, num_classes, pretrained)
+        self.register_buffer("class_weights", torch.as_tensor(class_weights, dtype=torch.float32), persistent=False)
+
+    def training_step(self, batch):
+        images, labels = batch
+        return F.cross_entropy(self(images), labels, weight=self.class_weights)
+
+
+def class_weights(targets, num_classes: int) -> torch.Tensor:
+    """``N / (C * n_c)`` per class (scikit-learn's "balanced"): rare classes count more (notebook 09)."""
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(targets))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def folder_loaders(train_ds, valid_ds, folder_cfg: FolderConfig) -> tuple[DataLoader, DataLoader]:
+    """``tlhelpers.pets.make_loaders``; with ``balance="sampler"`` every class is drawn equally often (notebook 09)."""
+    workers = default_num_workers() if folder_cfg.num_workers is None else folder_cfg.num_workers
+    train_dl, valid_dl = make_loaders(train_ds, valid_ds, folder_cfg.batch_size, workers, folder_cfg.seed)
+    if folder_cfg.balance == "sampler":
+        targets = [train_ds.dataset.targets[i] for i in train_ds.indices]
+        weights = class_weights(targets, len(train_ds.dataset.classes))[targets]
+        sampler = WeightedRandomSampler(weights, len(targets), generator=torch.Generator().manual_seed(folder_cfg.seed))
+        train_dl = DataLoader(train_ds, folder_cfg.batch_size, sampler=sampler, num_workers=workers,
+                              persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return train_dl, valid_dl
+
+
+def validation_metrics(probs, labels, classes) -> dict:
+    """Accuracy, balanced accuracy, confusion matrix and per-class report, with scikit-learn (notebook 09).
+
+    ``probs``: (N, C) probabilities or logits, or N predicted class indices. The confusion matrix
+    is a list of rows (actual class) of counts per predicted class, in class order.
+    """
+    probs, labels = torch.as_tensor(probs), torch.as_tensor(labels).numpy()
+    preds = (probs.argmax(dim=1) if probs.ndim == 2 else probs).numpy()
+    every = list(range(len(classes)))
+    return {"val_acc": float(accuracy_score(labels, preds)),
+            "balanced_acc": float(balanced_accuracy_score(labels, preds)),
+            "confusion_matrix": confusion_matrix(labels, preds, labels=every).tolist(),
+            "report": classification_report(labels, preds, labels=every, target_names=list(classes),
+                                            zero_division=0)}
+
+
+@dataclass
+class FolderRun:
+    """The result of ``train_on_folder`` (notebook 09)."""
+
+    model: PretrainedClassifier
+    history: list
+    metrics: dict
+    classes: list
+    scan: FolderScan
+    train_ds: object
+    valid_ds: object
+    folder_cfg: FolderConfig
+    cfg: FineTuneConfig
+    train_time_s: float
+    path: Path | None = None
+
+
+def export_run(run: FolderRun, path) -> Path:
+    """Export the model with its classes, preprocessing, metrics and settings (``tools.export``) (notebook 09)."""
+    from tlhelpers.tools.export import export_model
+
+    backbone = BACKBONES[run.model.backbone]
+    settings = {**dataclasses.asdict(run.folder_cfg), "out": str(path), **dataclasses.asdict(run.cfg),
+                "opt_func": run.cfg.opt_func.__name__, "layout": run.scan.layout,
+                "train_images": len(run.train_ds), "valid_images": len(run.valid_ds), "epochs_run": len(run.history)}
+    run.path = export_model(path, run.model, run.classes, run.folder_cfg.image_size, backbone=backbone.name,
+                            mean=backbone.mean, std=backbone.std, metrics=run.metrics, training=settings)
+    return run.path
+
+
+def _check_phases(model, cfg: FineTuneConfig) -> None:
+    stages = get_stages(model)
+    for phase in cfg.phases:
+        if phase.unfreeze is not None and not 0 <= phase.unfreeze <= len(stages):
+            raise ValueError(f"unfreeze={phase.unfreeze} (--unfreeze-stages): {model.backbone} has {len(stages)} "
+                             f"stages ({', '.join(name for name, _ in stages)}); use 0..{len(stages)}, or None for all.")
+
+
+def train_on_folder(root, folder_cfg: FolderConfig | None = None, cfg: FineTuneConfig | None = None) -> FolderRun:
+    """Notebook 06's fine_tune on any image folder; the command line's driver (notebook 09)."""
+    folder_cfg = folder_cfg or FolderConfig()
+    cfg = cfg or FineTuneConfig(min_steps=MIN_STEPS)
+    folder_cfg.check()
+    backbone = BACKBONES[folder_cfg.backbone]
+    scan = scan_image_folder(root, folder_cfg.bad_images)
+    train_ds, valid_ds = folder_splits(scan, folder_cfg.image_size, backbone.mean, backbone.std,
+                                       folder_cfg.val_pct, folder_cfg.seed)
+    print(split_summary(scan, train_ds, valid_ds), flush=True)
+    train_dl, valid_dl = folder_loaders(train_ds, valid_ds, folder_cfg)
+    device = torch.device(folder_cfg.device) if folder_cfg.device else get_default_device()
+    seed_everything(folder_cfg.seed)  # the new head's initial weights
+    if folder_cfg.balance == "loss":
+        weights = class_weights([scan.train.targets[i] for i in train_ds.indices], len(scan.classes))
+        model = WeightedLossClassifier(backbone.name, len(scan.classes), weights)
+    else:
+        model = PretrainedClassifier(backbone.name, len(scan.classes))
+    _check_phases(model, cfg)
+    model.to(device)
+    seed_everything(folder_cfg.seed)  # augmentation
+    start = time.perf_counter()
+    history = fine_tune(model, DeviceDataLoader(train_dl, device), DeviceDataLoader(valid_dl, device), cfg)
+    train_time = time.perf_counter() - start
+    probs, labels = get_predictions(model, DeviceDataLoader(valid_dl, device))
+    metrics = validation_metrics(probs, labels, scan.classes)
+    run = FolderRun(model, history, metrics, list(scan.classes), scan, train_ds, valid_ds, folder_cfg, cfg, train_time)
+    if folder_cfg.out is not None:
+        export_run(run, folder_cfg.out)
+    return run
+
+
+# --- the command line ----------------------------------------------------------------------------
 
 class UsageError(Exception):
     """A mistake in the command line or its input: printed without a traceback, exit code 2."""
 
 
-def _backbone_name(value: str) -> str:
-    from tlhelpers.tools.folder import check_backbone
-
-    try:
-        return check_backbone(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number; use a fraction such as 0.2") from None
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1; use a fraction such as 0.2")
-    return number
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return number
-
-
-def _positive(value: str) -> int:
-    number = _count(value)
-    if number == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
+def _number(kind, low, low_ok=True, high=None):
+    """An argparse type: a number of ``kind`` at least ``low`` (or above it) and below ``high``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < low or (value == low and not low_ok) or (high is not None and value >= high):
+            bounds = f"between {low} and {high}" if high is not None else f"{'at least' if low_ok else 'above'} {low}"
+            raise argparse.ArgumentTypeError(f"{text} is not {bounds}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m tlhelpers.tools.train_folder`` (notebook 09)."""
-    from tlhelpers.models import BACKBONES
-
+    first, second = _RECIPE.phases
     parser = argparse.ArgumentParser(
         prog="python -m tlhelpers.tools.train_folder",
         description="Fine-tune an ImageNet-pretrained network on a folder of images (one sub-folder per class, "
-                    "optionally inside train/ and val/) and export it for `python -m tlhelpers.tools.predict`.")
-    parser.add_argument("data_dir", metavar="DATA_DIR", type=Path,
-                        help="folder with one sub-folder of images per class, or with train/ and val/ folders")
-    parser.add_argument("--out", metavar="CHECKPOINT", type=Path, required=True,
-                        help="where to write the exported model (.pt)")
-    parser.add_argument("--backbone", type=_backbone_name, default=None,
-                        help=f"pretrained network, one of: {', '.join(BACKBONES)} "
-                             "(default: resnet34, or efficientnet_lite0 with --offline)")
-    parser.add_argument("--epochs", type=_count, default=2,
-                        help="fine-tuning epochs with the whole network trainable (default: %(default)s; "
-                             "0: feature extraction only)")
-    parser.add_argument("--frozen-epochs", type=_count, default=1,
-                        help="epochs that train only the new head, before fine-tuning (default: %(default)s)")
-    parser.add_argument("--image-size", type=_positive, default=224,
-                        help="images are cropped to this many pixels (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="(default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="one-cycle max_lr while the backbone is frozen (default: %(default)s)")
-    parser.add_argument("--finetune-lr", type=float, default=None, help="max_lr for fine-tuning (default: lr / 10)")
-    parser.add_argument("--unfreeze-stages", type=_count, default=None,
-                        help="fine-tune only the last N stages of the backbone (default: all)")
-    parser.add_argument("--train-bn", action="store_true",
-                        help="also fine-tune the BatchNorm layers (default: they keep their ImageNet statistics)")
-    parser.add_argument("--val-pct", type=_fraction, default=0.2,
-                        help="share of every class held out for validation when there is no val/ folder "
-                             "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=config.SEED,
-                        help="seed of the split, the new head and shuffling (default: %(default)s)")
-    parser.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
-                        help="unreadable image files: stop and list them (fail, the default), or leave them out (skip)")
-    parser.add_argument("--balance", choices=("none", "loss", "sampler"), default="none",
-                        help="for imbalanced classes: weight the loss, or sample every class equally often "
-                             "(default: none)")
-    parser.add_argument("--offline", action="store_true",
-                        help="never download: use the bundled efficientnet_lite0 weights (or weights already cached)")
-    parser.add_argument("--num-workers", type=_count, default=None,
-                        help="DataLoader worker processes (default: up to 4, one per CPU)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (the epoch lines stay)")
+                    "optionally inside train/ and val/) with notebook 06's recipe, and export it for "
+                    "`python -m tlhelpers.tools.predict`.")
+    add = parser.add_argument
+    add("data_dir", metavar="DATA_DIR", type=Path,
+        help="folder with one sub-folder of images per class, or with train/ and val/ folders")
+    add("--out", metavar="CHECKPOINT", type=Path, required=True, help="where to write the exported model (.pt)")
+    add("--backbone", choices=list(BACKBONES), default=None,
+        help="pretrained network (default: resnet34, or efficientnet_lite0 with --offline)")
+    add("--offline", action="store_true",
+        help="never download: use efficientnet_lite0, whose ImageNet weights come with its pip package")
+    add("--frozen-epochs", type=_number(int, 0), default=first.epochs,
+        help="phase 1: epochs that train only the new head (default: %(default)s; 0 skips it)")
+    add("--epochs", type=_number(int, 0), default=second.epochs,
+        help="phase 2: epochs of fine-tuning the unfrozen network (default: %(default)s; 0 skips it)")
+    add("--min-steps", type=_number(int, 0), default=MIN_STEPS,
+        help="optimizer steps each phase runs at least: more epochs for a small folder (default: %(default)s)")
+    add("--lr", type=_number(float, 0, low_ok=False), default=first.max_lr,
+        help="phase 1 one-cycle max_lr (default: %(default)s)")
+    add("--finetune-lr", type=_number(float, 0, low_ok=False), default=None,
+        help=f"phase 2 one-cycle max_lr of the head (default: {FINETUNE_LR_FACTOR:g} x --lr)")
+    add("--unfreeze-stages", type=_number(int, 0), default=second.unfreeze,
+        help="phase 2 trains only the last N backbone stages (default: all)")
+    add("--lr-ratio", type=_number(float, 1), default=_RECIPE.lr_ratio,
+        help="discriminative rates: the first stage trains at max_lr / lr-ratio (default: %(default)s)")
+    add("--weight-decay", type=_number(float, 0), default=_RECIPE.weight_decay, help="(default: %(default)s)")
+    add("--grad-clip", type=_number(float, 0), default=_RECIPE.grad_clip,
+        help="clip gradients to this value; 0: no clipping (default: %(default)s)")
+    add("--image-size", type=_number(int, 1), default=FolderConfig.image_size,
+        help="images are cropped to this many pixels (default: %(default)s)")
+    add("--batch-size", type=_number(int, 1), default=FolderConfig.batch_size, help="(default: %(default)s)")
+    add("--val-pct", type=_number(float, 0, low_ok=False, high=1), default=FolderConfig.val_pct,
+        help="share of every class held out for validation when there is no val/ folder (default: %(default)s)")
+    add("--bad-images", choices=("fail", "skip"), default=FolderConfig.bad_images,
+        help="unreadable image files: stop and list them (fail, the default), or leave them out (skip)")
+    add("--balance", choices=("none", "loss", "sampler"), default="none",
+        help="imbalanced classes: weight the loss, or sample every class equally often (default: none)")
+    add("--num-workers", type=_number(int, 0), default=None,
+        help="DataLoader worker processes (default: up to 4, one per CPU)")
+    add("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
+    add("--seed", type=int, default=SEED, help="seed of the split, the new head and shuffling (default: %(default)s)")
     return parser
+
+
+def config_from_args(args) -> FineTuneConfig:
+    """The ``FineTuneConfig`` of parsed arguments: one phase per non-zero epoch count (notebook 09)."""
+    phases = []
+    if args.frozen_epochs:
+        phases.append(Phase(args.frozen_epochs, args.lr, unfreeze=0))
+    if args.epochs:
+        finetune_lr = args.finetune_lr if args.finetune_lr is not None else args.lr * FINETUNE_LR_FACTOR
+        phases.append(Phase(args.epochs, finetune_lr, unfreeze=args.unfreeze_stages))
+    if not phases:
+        raise UsageError("--frozen-epochs 0 and --epochs 0: nothing to train; give at least one epoch.")
+    return FineTuneConfig(phases, lr_ratio=args.lr_ratio, weight_decay=args.weight_decay,
+                          grad_clip=args.grad_clip or None, min_steps=args.min_steps)
+
+
+def folder_config_from_args(args) -> FolderConfig:
+    """The ``FolderConfig`` of parsed arguments (notebook 09)."""
+    if args.offline and args.backbone not in (None, "efficientnet_lite0"):
+        raise UsageError(f"--offline trains efficientnet_lite0 (its weights come with pip), not {args.backbone}: "
+                         "drop --backbone, or drop --offline to download the weights once.")
+    backbone = args.backbone or ("efficientnet_lite0" if args.offline else FolderConfig.backbone)
+    return FolderConfig(backbone, args.image_size, args.batch_size, args.val_pct, args.bad_images,
+                        None if args.balance == "none" else args.balance, args.num_workers, args.device,
+                        args.seed, _check_out(args.out))
 
 
 def _check_out(path: Path) -> Path:
@@ -131,42 +322,29 @@ def _check_out(path: Path) -> Path:
     return path
 
 
-def train(argv=None):
-    """Parse ``argv``, train, export; returns ``(FolderRun, checkpoint path)``. Raises ``UsageError`` (notebook 09)."""
-    from tlhelpers.tools.folder import FolderError, format_metrics_table, train_on_folder
-    from tlhelpers.models import PretrainedWeightsUnavailable
-
+def train(argv=None) -> FolderRun:
+    """Parse ``argv``, train, export, print the report; raises ``UsageError`` (notebook 09)."""
     args = build_parser().parse_args(argv)
-    out = _check_out(args.out)
-    backbone = args.backbone or ("efficientnet_lite0" if args.offline else "resnet34")
+    cfg, folder_cfg = config_from_args(args), folder_config_from_args(args)
     start = time.perf_counter()
     try:
-        run = train_on_folder(
-            args.data_dir, backbone, frozen_epochs=args.frozen_epochs, epochs=args.epochs, max_lr=args.lr,
-            finetune_lr=args.finetune_lr, unfreeze_stages=args.unfreeze_stages, train_bn=args.train_bn,
-            offline=args.offline,
-            device=args.device, seed=args.seed, progress=not args.no_progress, image_size=args.image_size,
-            batch_size=args.batch_size, val_pct=args.val_pct, bad_images=args.bad_images,
-            balance=None if args.balance == "none" else args.balance, num_workers=args.num_workers)
+        run = train_on_folder(args.data_dir, folder_cfg, cfg)
     except (FolderError, PretrainedWeightsUnavailable) as err:
         raise UsageError(str(err)) from None
     except ValueError as err:  # settings that do not fit the data, e.g. --unfreeze-stages too large
         raise UsageError(str(err)) from None
-    path = run.export(out)
-    total = time.perf_counter() - start
-    print(f"\nValidation accuracy of {backbone} on {len(run.data.valid_ds)} images "
-          f"({run.data.scan.layout}, {run.data.image_size} px):")
-    print(format_metrics_table(run.metrics))
-    print(f"total time: {total:.1f} s (including loading the data and the model)")
-    print(f"\nWrote {path} ({len(run.classes)} classes). Predict with:\n"
-          f"  python -m tlhelpers.tools.predict {path} IMAGE...")
-    return run, path
+    print(f"\nValidation of {folder_cfg.backbone} on {len(run.valid_ds)} images ({run.scan.layout}, "
+          f"{folder_cfg.image_size} px):\n{run.metrics['report']}")
+    print(f"accuracy {run.metrics['val_acc']:.1%}, balanced accuracy {run.metrics['balanced_acc']:.1%}")
+    device = next(run.model.parameters()).device.type
+    print(f"time: {run.train_time_s:.1f} s training on {device}, {time.perf_counter() - start:.1f} s in all")
+    print(f"\nWrote {run.path} ({len(run.classes)} classes). Predict with:\n"
+          f"  python -m tlhelpers.tools.predict {run.path} IMAGE...")
+    return run
 
 
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit code (notebook 09)."""
-    import torch
-
     torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.tools.notebook)
     try:
         train(argv)

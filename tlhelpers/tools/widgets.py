@@ -30,7 +30,7 @@ def widgets_enabled() -> bool:
     """True when widgets can work here: an IPython kernel with ipywidgets, and no ``TLH_NO_WIDGETS=1`` (notebook 08)."""
     from tlhelpers import config
 
-    if config._flag("TLH_NO_WIDGETS", default=False):
+    if config.NO_WIDGETS:
         return False
     try:
         import ipywidgets  # noqa: F401
