@@ -1,4 +1,4 @@
-"""Tests for tlhelpers.interpret (and its figures): known answers on tiny synthetic predictions and models."""
+"""Tests for tlhelpers.interpret (notebook 08), tools.diagnostics and their figures: known answers on tiny inputs."""
 import math
 
 import matplotlib
@@ -11,9 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tlhelpers import interpret
-from tlhelpers.tools import plotting  # noqa: E402
-from tlhelpers.models import PetsModel, create_model  # noqa: E402
+from tlhelpers import interpret  # noqa: E402
+from tlhelpers.models import create_model  # noqa: E402
+from tlhelpers.tools import diagnostics, plotting  # noqa: E402
+from tlhelpers.training import PretrainedClassifier  # noqa: E402
 
 torch.set_num_threads(1)  # 2 shared cores: tiny models are fastest on one thread
 
@@ -45,15 +46,10 @@ def test_top_losses_handle_zero_probability_and_ties():
     assert torch.isfinite(losses).all()
 
 
-def test_confusion_matrix_counts_actual_rows_and_predicted_columns():
-    targets = [0, 0, 1, 2, 2, 2]
-    preds = [0, 1, 1, 2, 0, 0]
-    cm = interpret.confusion_matrix(targets, preds, 3)
-    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [2, 0, 1]]
-    probs = torch.nn.functional.one_hot(torch.tensor(preds), 3).float()  # probabilities work too
-    assert (interpret.confusion_matrix(targets, probs, 3) == cm).all()
-    assert np.allclose(interpret.normalize_rows(cm)[2], [2 / 3, 0, 1 / 3])
-    assert interpret.normalize_rows([[0, 0], [1, 1]]).tolist() == [[0, 0], [0.5, 0.5]]  # empty row stays 0
+def test_normalize_rows_gives_shares_per_actual_class():
+    cm = np.array([[1, 1, 0], [0, 1, 0], [2, 0, 1]])
+    assert np.allclose(diagnostics.normalize_rows(cm)[2], [2 / 3, 0, 1 / 3])
+    assert diagnostics.normalize_rows([[0, 0], [1, 1]]).tolist() == [[0, 0], [0.5, 0.5]]  # empty row stays 0
 
 
 def test_most_confused_known_pairs_in_order():
@@ -64,7 +60,6 @@ def test_most_confused_known_pairs_in_order():
     assert table[["actual", "predicted", "count"]].values.tolist() == [
         ["beagle", "boxer", 3], ["Bengal", "Abyssinian", 2], ["Abyssinian", "Bengal", 1]]
     assert table["share"].tolist() == pytest.approx([3 / 4, 2 / 3, 1 / 2])
-    assert len(interpret.most_confused(targets, preds, CLASSES, min_count=2)) == 2
     assert len(interpret.most_confused(targets, preds, CLASSES, top=1)) == 1
     assert interpret.most_confused([0, 1], [0, 1], CLASSES).empty  # no errors: no pairs
 
@@ -72,7 +67,7 @@ def test_most_confused_known_pairs_in_order():
 def test_per_class_accuracy_sorted_worst_first_with_empty_classes_last():
     targets = [0, 0, 1, 1, 1, 2]
     preds = [0, 1, 1, 1, 1, 0]
-    table = interpret.per_class_accuracy(targets, preds, CLASSES)
+    table = diagnostics.per_class_accuracy(targets, preds, CLASSES)
     assert list(table.index) == ["Bengal", "Abyssinian", "beagle", "boxer"]
     assert table["accuracy"].tolist()[:3] == [0.0, 0.5, 1.0]
     assert math.isnan(table.loc["boxer", "accuracy"])  # no validation images
@@ -84,20 +79,20 @@ def test_cluster_order_puts_confused_classes_side_by_side():
     cm = np.diag([10, 10, 10, 10, 10])
     cm[0, 3] = cm[3, 0] = 5
     cm[1, 4] = cm[4, 1] = 6
-    order = interpret.cluster_order(cm)
+    order = diagnostics.cluster_order(cm)
     assert sorted(order) == [0, 1, 2, 3, 4]
     assert abs(order.index(0) - order.index(3)) == 1
     assert abs(order.index(1) - order.index(4)) == 1
-    assert interpret.cluster_order(np.diag([3, 3, 3])) == [0, 1, 2]  # no confusion: class order
+    assert diagnostics.cluster_order(np.diag([3, 3, 3])) == [0, 1, 2]  # no confusion: class order
 
 
 def test_most_confused_classes_picks_the_classes_with_most_errors():
     cm = np.diag([10, 10, 10, 10, 10])
     cm[0, 3], cm[3, 0], cm[1, 4] = 5, 4, 1
-    picked = interpret.most_confused_classes(cm, n=3)
+    picked = diagnostics.most_confused_classes(cm, n=3)
     assert set(picked) == {0, 3, 1} or set(picked) == {0, 3, 4}
-    assert set(interpret.most_confused_classes(cm, n=2)) == {0, 3}
-    assert interpret.most_confused_classes(np.diag([1, 1]), n=5) == []
+    assert set(diagnostics.most_confused_classes(cm, n=2)) == {0, 3}
+    assert diagnostics.most_confused_classes(np.diag([1, 1]), n=5) == []
 
 
 # --- Grad-CAM --------------------------------------------------------------------------------
@@ -133,10 +128,10 @@ def tiny_cnn(seed=0, classes=3):
 
 def test_grad_cam_finds_the_blob_and_sees_no_evidence_for_the_other_class():
     model = BlobDetector()
-    cam = interpret.grad_cam(model, blob_image(), target_classes=0, upsample=False)
+    cam = interpret.grad_cam(model, blob_image(), target_classes=0)  # a 1x1 conv: the map is the image's size
     assert cam.shape == (1, 8, 8)
     assert cam[0, 2, 5] == 1.0 and cam.sum() == 1.0  # all the evidence sits on the blob
-    cam_other = interpret.grad_cam(model, blob_image(), target_classes=1, upsample=False)
+    cam_other = interpret.grad_cam(model, blob_image(), target_classes=1)
     assert (cam_other == 0).all()  # the blob speaks against class 1: nothing positive
 
 
@@ -145,19 +140,17 @@ def test_grad_cam_shape_range_and_dependence_on_the_target_class():
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     cams = interpret.grad_cam(model, images)
     assert cams.shape == (4, 16, 16)  # upsampled to the input's H, W
-    assert interpret.grad_cam(model, images, upsample=False).shape == (4, 8, 8)  # the feature-map grid
     assert (cams >= 0).all() and (cams <= 1).all()
     peaks = cams.amax(dim=(1, 2))
     assert torch.all((peaks == 1) | (peaks == 0))  # each map normalised to 0-1 (or no evidence at all)
     per_class = [interpret.grad_cam(model, images, target_classes=c) for c in range(3)]
     assert not torch.allclose(per_class[0], per_class[1]) or not torch.allclose(per_class[1], per_class[2])
-    assert interpret.grad_cam(model, images[0]).shape == (1, 16, 16)  # one (3, H, W) image
 
 
 def test_grad_cam_leaves_the_model_as_it_was():
     model = tiny_cnn()
     model.train()
-    layer = interpret.gradcam_layer(model)
+    layer = diagnostics.gradcam_layer(model)
     assert layer is model[2]  # the last Conv2d of a model without stages
     interpret.grad_cam(model, torch.randn(2, 3, 8, 8))
     assert not layer._forward_hooks and model.training
@@ -176,32 +169,33 @@ def test_grad_cam_works_on_a_frozen_model():
 
 
 def test_gradcam_layer_of_registry_backbones():
-    lite = PetsModel(num_classes=5, backbone="efficientnet_lite0", pretrained=False)
-    assert interpret.gradcam_layer(lite) is lite.network._bn1
-    assert interpret._activation_after(lite.network._bn1, lite) is torch.nn.functional.relu6
+    lite = PretrainedClassifier("efficientnet_lite0", 5, pretrained=False)
+    assert diagnostics.gradcam_layer(lite) is lite.network._act_head  # the ReLU6 after the head conv
+    lite.pretrained = True  # (pretend) pretrained: its BatchNorm layers keep their statistics in training
     lite.freeze()
-    lite.train()  # training the head: frozen BatchNorm layers stay in eval mode (notebook 04) ...
-    cams = interpret.grad_cam(lite, torch.randn(2, 3, 64, 64), upsample=False)
-    assert cams.shape == (2, 2, 2)  # 64 px / 32
-    assert lite.training and not lite.network._bn1.training  # ... also after Grad-CAM
-    resnet = create_model("resnet18", num_classes=5, pretrained=False)
-    assert interpret.gradcam_layer(resnet) is resnet.layer4
-    assert interpret._activation_after(resnet.layer4, resnet) is None
+    lite.train()
+    cams = interpret.grad_cam(lite, torch.randn(2, 3, 64, 64))
+    assert cams.shape == (2, 64, 64)
+    assert lite.training and not lite.network._bn1.training  # still the BatchNorm rule after Grad-CAM
+    resnet = PretrainedClassifier("resnet18", 5, pretrained=False)
+    assert diagnostics.gradcam_layer(resnet) is resnet.network.layer4
+    plain = create_model("resnet18", 5, pretrained=False)  # no stage list: the last Conv2d
+    assert diagnostics.gradcam_layer(plain) is plain.layer4[-1].conv2
     with pytest.raises(ValueError, match="no Conv2d"):
-        interpret.gradcam_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+        diagnostics.gradcam_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
 # --- figures ---------------------------------------------------------------------------------
 
 def test_interpretation_figures_have_titles_labels_and_readable_names():
     cm = np.array([[3, 1, 0, 0], [0, 2, 2, 0], [1, 0, 4, 0], [0, 0, 0, 5]])
-    ax = plotting.plot_class_confusion(cm, CLASSES, order=interpret.cluster_order(cm), title="CM")
+    ax = plotting.plot_class_confusion(cm, CLASSES, order=diagnostics.cluster_order(cm), title="CM")
     assert ax.get_title() == "CM" and ax.get_xlabel() == "predicted breed" and ax.get_ylabel() == "actual breed"
     assert {t.get_text() for t in ax.get_xticklabels()} == set(CLASSES)
     assert len(ax.texts) == int((cm > 0).sum())  # few classes: counts written in the cells
 
     names = ["american_pit_bull_terrier", "British_Shorthair"]
-    table = interpret.per_class_accuracy([0, 1, 1], [0, 1, 0], names)
+    table = diagnostics.per_class_accuracy([0, 1, 1], [0, 1, 0], names)
     fig = plotting.plot_per_class_accuracy(table)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["British Shorthair (2)", "american pit bull terrier (1)"]  # worst first, no underscores

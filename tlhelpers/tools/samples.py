@@ -20,6 +20,7 @@ Everything is deterministic: the same seed writes the same bytes.
 from __future__ import annotations
 
 import colorsys
+import http.server
 import json
 import math
 import os
@@ -502,3 +503,28 @@ def make_pets_archive(root):
                       checksum="sha256:" + file_checksum(archive),
                       checksum_source="computed from the packed sample archive when it was made",
                       size=archive.stat().st_size)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+def serve_pets_sample(root):
+    """The course's Pets sample packed as ``.tgz`` and served by a small web server on 127.0.0.1 (notebook 01).
+
+    Quick mode's stand-in for the real download: a ``RemoteFile`` whose ``http://127.0.0.1:<port>/``
+    address any HTTP client can fetch, torchvision's ``download_url`` included. The server runs in
+    a daemon thread of this process, so it ends with the notebook's kernel.
+    """
+    import dataclasses
+    import functools
+    import threading
+
+    remote = make_pets_archive(root)
+    handler = functools.partial(_QuietHandler, directory=str(Path(root)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/{remote.filename}"
+    return dataclasses.replace(remote, url=url, checksum_source="computed from the packed sample archive; "
+                               "served from this machine by tlhelpers.tools.samples.serve_pets_sample")
