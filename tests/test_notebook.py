@@ -1,4 +1,4 @@
-"""The notebooks are committed clean and share one setup cell; the setup helpers work."""
+"""The notebooks are committed clean and open with the same two setup cells; the setup cell works."""
 import json
 import re
 from pathlib import Path
@@ -31,12 +31,24 @@ def test_problems_are_detected(tmp_path):
     path.write_text(json.dumps(nb))
     problems = notebook.notebook_problems(path)
     assert any("outputs" in p for p in problems)
-    assert any("SETUP_CELL" in p for p in problems)
+    assert any("SETUP_CELLS" in p for p in problems)
     assert any("badge" in p for p in problems)
     # --sync repairs outputs and the badge but cannot invent a missing setup cell
     assert notebook.sync_notebook(path)
     problems = notebook.notebook_problems(path)
-    assert problems == ["01_x.ipynb: the first code cell is not tlhelpers.tools.notebook.SETUP_CELL"]
+    assert problems == ["01_x.ipynb: the first two code cells are not tlhelpers.tools.notebook.SETUP_CELLS"]
+
+
+def test_sync_turns_an_old_single_setup_cell_into_the_two_setup_cells(tmp_path):
+    old = "# Setup: the same cell opens every notebook (master copy: tlhelpers/notebook.py).\nQUICK = 1"
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# 01 · Title\n"},
+                    {"cell_type": "code", "id": "abc", "metadata": {}, "execution_count": None, "outputs": [],
+                     "source": old}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "01_x.ipynb"
+    path.write_text(json.dumps(nb))
+    assert notebook.sync_notebook(path)
+    assert notebook.notebook_problems(path) == []
 
 
 def test_min_versions_match_requirements():
@@ -49,26 +61,31 @@ def test_min_versions_match_requirements():
         assert reqs.get(name) == minimum, f"{name}: setup cell checks >= {minimum}, requirements.txt says {reqs.get(name)}"
 
 
-def test_check_versions_reports_too_old():
-    with pytest.raises(RuntimeError, match="torch .* is older than 999"):
-        notebook.check_versions({"torch": "999"})
-    with pytest.raises(RuntimeError, match="not installed"):
-        notebook.check_versions({"no-such-package-tlh": "1.0"})
+def _run_setup_cell(min_versions=None) -> dict:
+    namespace: dict = {}
+    exec(notebook.setup_cell(min_versions), namespace)  # the cell has no IPython magics
+    return namespace
 
 
-def test_setup_notebook_reads_quick_mode(monkeypatch, capsys):
-    monkeypatch.setenv("TLH_QUICK", "1")
-    quick, device = notebook.setup_notebook(seed=1)
-    assert quick is True and device.type in {"cpu", "cuda", "mps"}
+def test_setup_cell_refuses_too_old_packages():
+    with pytest.raises(AssertionError, match="torch .* is too old"):
+        _run_setup_cell({"torch": "999"})
+
+
+def test_setup_cell_passes_quick_mode_seed_and_device_on(monkeypatch, capsys):
+    monkeypatch.setattr(config, "QUICK", True)
+    namespace = _run_setup_cell()
+    assert namespace["QUICK"] is True and namespace["SEED"] == config.SEED
+    assert namespace["device"].type in {"cpu", "cuda"}
     assert "QUICK MODE" in capsys.readouterr().out
-    monkeypatch.setenv("TLH_QUICK", "0")
-    assert notebook.setup_notebook(verbose=False)[0] is False
+    monkeypatch.setattr(config, "QUICK", False)
+    assert _run_setup_cell()["QUICK"] is False
 
 
-def test_setup_notebook_flushes_denormals():
+def test_setup_cell_flushes_denormals():
     import torch
     torch.set_flush_denormal(False)
-    notebook.setup_notebook(verbose=False)
+    _run_setup_cell()
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
     assert tiny.item() == 0.0
     torch.set_flush_denormal(False)

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import sys
-from importlib import metadata
 from pathlib import Path
 
-from packaging.version import Version
 
 from tlhelpers import config
 
@@ -98,25 +95,6 @@ def colab_badge(notebook_name: str, repo_url: str = config.REPO_URL) -> str:
     """Markdown for the 'Open in Colab' badge of one notebook."""
     target = f"https://colab.research.google.com/github/{_repo_slug(repo_url)}/blob/main/notebooks/{notebook_name}"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({target})"
-
-
-def check_versions(min_versions: dict[str, str] = MIN_VERSIONS) -> dict[str, str]:
-    """Return installed versions; raise a clear error for a missing or too-old package."""
-    found, problems = {}, []
-    for name, minimum in min_versions.items():
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            problems.append(f"{name} is not installed (need >= {minimum})")
-            continue
-        if Version(found[name].split("+")[0]) < Version(minimum):
-            problems.append(f"{name} {found[name]} is older than {minimum}")
-    if problems:
-        raise RuntimeError(
-            "This course needs newer packages:\n  - " + "\n  - ".join(problems)
-            + "\nInstall them with: pip install -r requirements.txt"
-        )
-    return found
 
 
 # --- keeping notebooks clean -------------------------------------------------------------
