@@ -1,27 +1,28 @@
-"""tlhelpers: the helpers of the course "Transfer Learning for Image Classification in PyTorch".
+"""tlhelpers: the package of the course "Transfer Learning for Image Classification in PyTorch".
 
-Each notebook teaches a piece and imports it from here, so the logic lives in one place:
+Tier 1, the lesson code. Each module is generated from the cells marked ``#@save`` in the
+notebooks that teach it (``python -m tlhelpers.tools.nbexport``); edit the notebook, not the module:
 
-- ``config``      quick mode (``TLH_QUICK``), data folder (``TLH_DATA_DIR``), seeds
-- ``notebook``    the setup cell every notebook opens with
-- ``data``        dataset registry, verified downloads, safe extraction        (notebook 01)
-- ``samples``     generated sample data for quick mode, in the real layouts   (notebook 01)
-- ``pets``        ``PetsDataset``, transforms, splits, DataLoaders            (notebooks 02-03)
-- ``plotting``    ``show_batch`` and the course's figures
-- ``models``      pretrained backbones, new heads, freezing                   (notebook 04)
-- ``device``      ``get_default_device``, ``to_device``, ``DeviceDataLoader`` (notebook 05)
-- ``train``       ``evaluate``, ``fit``, ``fit_one_cycle``, ``lr_find``       (notebooks 05-06)
-- ``cache``       decode-once uint8 image cache for the fast Pets path        (notebook 05, benchmarks)
-- ``gpu_data``    a GPU-resident batch loader: augmentation on the device     (notebook 07)
-- ``cifar``       CIFAR-10 sources, the scratch CNN, gradual unfreezing       (notebook 07)
-- ``interpret``   top losses, most confused, confusion matrices, Grad-CAM     (notebook 08)
-- ``export``      one self-describing file: weights, classes, preprocessing   (notebook 08)
-- ``predict``     ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE...``          (notebook 08)
-- ``widgets``     interactive touches that degrade to plain output            (notebook 08)
-- ``folder``      your own ImageFolder tree: checks, split, the whole recipe  (notebook 09)
-- ``train_folder`` ``python -m tlhelpers.tools.train_folder DATA_DIR ...``           (notebook 09)
-- ``fileio``      atomic writes for files saved whole (checkpoints, sidecars, uploads)
-- ``run_course``  execute every notebook headless into ``build/``
+- ``pets``       notebooks 02-03  ``parse_breed``, ``PetsDataset``, transforms, ``denormalize``,
+                                  ``show_batch``, random and stratified splits, DataLoaders
+- ``models``     notebook 04      ``create_model`` (a new head), ``freeze_backbone``, ``unfreeze``,
+                                  ``keep_bn_statistics``
+- ``training``   notebook 05      ``get_default_device``, ``to_device``, ``DeviceDataLoader``,
+                                  ``ImageClassificationBase``, ``PretrainedClassifier``, ``evaluate``,
+                                  ``fit``, ``get_predictions``
+- ``finetune``   notebook 06      ``fit_one_cycle``, ``stage_param_groups``, ``Phase``,
+                                  ``FineTuneConfig``, ``fine_tune`` (the one fine-tuning recipe)
+- ``cifar``      notebook 07      the CNN trained from scratch, flip test-time augmentation
+- ``interpret``  notebook 08      ``top_losses``, ``most_confused``, ``grad_cam``
+- ``config``     every notebook   the switches (``QUICK``, ``DATA_DIR``, ``OFFLINE`` ...; the only
+                                  module that reads the environment), seeds, ImageNet statistics
+
+Tier 2, the course's tooling, in ``tlhelpers.tools`` (notebooks use it and say so): downloads
+(registry, verified downloads, safe extraction; notebook 01), samples (the real photos of quick
+mode), images (one image loader), backbones and efficientnet_lite (the pretrained networks),
+cache and gpu_data (fast data paths), cifar_data (CIFAR-10 sources), lr_finder, diagnostics,
+plotting, widgets, export and predict (notebook 08), image_folder and train_folder (notebook 09),
+fileio, nbexport, notebook and run_course.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -183,12 +183,16 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
     npy_path, json_path = cache.cache_paths([source], size, name=name)
     if is_zip:  # the zip's size and mtime stand for its contents
         st = source.stat()
-        fingerprint = hashlib.sha1(f"{cache.CACHE_VERSION}|{st.st_size}|{st.st_mtime_ns}|{size}|{len(files)}"
-                                   .encode()).hexdigest()
+        fingerprint = hashlib.sha1(f"{cache.CACHE_VERSION}|{st.st_size}|{st.st_mtime_ns}|{size}|{len(files)}|"
+                                   f"{','.join(classes)}".encode()).hexdigest()
         zf = zipfile.ZipFile(source)  # reads from several threads are safe: ZipFile locks its file
 
         def decode_row(i):
-            return cache.load_square(io.BytesIO(zf.read(files[i][0])), size)
+            try:
+                return cache.load_square(io.BytesIO(zf.read(files[i][0])), size)
+            except OSError as err:
+                raise OSError(f"{source}: cannot read {files[i][0]} ({err.__cause__ or err}). "
+                              "Replace the zip, or extract it and delete that file.") from err
     else:
         fingerprint = cache.files_fingerprint([f for f, _ in files], size)
 
@@ -244,13 +248,13 @@ def load_cifar10(source=None, split: str = "train", size: int = 32, quick: bool 
 
 # --- splits -----------------------------------------------------------------------------------
 
-def hold_out(arrays: ImageArrays, size, seed: int = config.SEED) -> tuple[ImageArrays, ImageArrays]:
-    """``(rest, held_out)``: a seeded stratified split; ``size`` is a count or a fraction (notebook 07).
+def hold_out(arrays: ImageArrays, pct: float, seed: int = config.SEED) -> tuple[ImageArrays, ImageArrays]:
+    """``(rest, held_out)``: a seeded stratified split that holds out the fraction ``pct`` (notebook 07).
 
     ``pets.stratified_split_indices`` (scikit-learn's ``train_test_split``) decides; both parts
     keep the original order.
     """
-    rest, held = stratified_split_indices(arrays.labels.tolist(), size, seed)
+    rest, held = stratified_split_indices(arrays.labels.tolist(), pct, seed)
 
     def take(indices):
         indices = torch.tensor(sorted(indices), dtype=torch.int64)
@@ -270,18 +274,18 @@ class CifarSplits(NamedTuple):
     test_from: str  # in words
 
 
-def load_cifar10_splits(source=None, quick: bool = False, valid_size=5000, test_size=10000, train_size=None,
+def load_cifar10_splits(source=None, quick: bool = False, valid_pct: float = 0.1, test_pct: float = 0.2,
                         seed: int = config.SEED, max_per_class: int | None = None,
                         progress: bool = True) -> CifarSplits:
     """Training, validation and test CIFAR-10 in one call (notebook 07).
 
     The test images are the source's ``test/`` split when it has one (torchvision, or a folder
-    with ``test/``), else a seeded stratified hold-out of ``test_size`` training images (the JPEG
-    copy and the quick sample have no test split). The validation set, for early stopping and
-    picking the best weights, is a stratified hold-out of ``valid_size`` of the remaining
-    training images, so the test set plays no part in model selection. ``train_size`` keeps a
-    stratified subset of what is left; ``max_per_class`` decodes only the first images of each
-    class (small experiments). Sizes are counts or fractions.
+    with ``test/``), else a seeded stratified hold-out of the fraction ``test_pct`` of the
+    training images (the JPEG copy and the quick sample have no test split). The validation
+    set, for early stopping and picking the best weights, is a stratified hold-out of the
+    fraction ``valid_pct`` of the remaining training images, so the test set plays no part in
+    model selection. ``max_per_class`` decodes only the first images of each class (small
+    experiments).
     """
     source = resolve_source(source, quick)
     train = load_cifar10(source, "train", max_per_class=max_per_class, progress=progress)
@@ -289,9 +293,7 @@ def load_cifar10_splits(source=None, quick: bool = False, valid_size=5000, test_
         test = load_cifar10(source, "test", classes=train.classes, progress=progress)
         test_from = f"the source's test split ({len(test.labels):,} images)"
     else:
-        train, test = hold_out(train, test_size, seed)
+        train, test = hold_out(train, test_pct, seed)
         test_from = f"a stratified hold-out of the training images ({len(test.labels):,} images, seed {seed})"
-    train, valid = hold_out(train, valid_size, seed)
-    if train_size is not None:
-        _, train = hold_out(train, train_size, seed)
+    train, valid = hold_out(train, valid_pct, seed)
     return CifarSplits(train, valid, test, train.classes, source, test_from)

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Execute the course notebooks headless into build/.")
     parser.add_argument("only", nargs="*", help="run only notebooks whose names start with these (e.g. 01 07)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="quick mode on generated sample data (default)")
+    mode.add_argument("--quick", action="store_true", help="quick mode on the course's small real samples (default)")
     mode.add_argument("--full", action="store_true", help="full mode on the real datasets")
     parser.add_argument("--out", type=Path, default=None, help="build folder (default: build/)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
