@@ -84,12 +84,12 @@ def test_resize_on_decode_and_max_per_class(tmp_path):
     assert tuple(images[0, :, 4, 4].tolist()) == COLOURS["cat"]
 
 
-def test_which_source(tmp_path, private_data_dir):
+def test_which_source(tmp_path):
     root = _write_tree(tmp_path / "mine")
     assert cd.resolve_source(None) == "torchvision" == cd.resolve_source("torchvision")
     assert cd.resolve_source(str(root)) == root.resolve()
-    # quick mode reads the generated sample, whatever the source
-    assert cd.resolve_source(root, quick=True) == private_data_dir / "quick" / "cifar10"
+    # quick mode reads the sample that ships with the course, whatever the source
+    assert cd.resolve_source(root, quick=True) == cd.CIFAR10_SAMPLE
 
 
 def test_missing_path_and_bad_trees_are_clear_errors(tmp_path):
@@ -142,12 +142,13 @@ def test_torchvision_source_converts_layout_and_explains_a_failed_download(monke
         cd.load_cifar10(None)
 
 
-def test_quick_sample_layout_and_classes(private_data_dir):
-    root = cd.resolve_source(quick=True)
-    assert sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) == list(cd.CIFAR10_CLASSES)
+def test_quick_sample_is_the_shipped_real_sample(private_data_dir):
     images, labels, classes = cd.load_cifar10(quick=True, progress=False)
     assert classes == list(cd.CIFAR10_CLASSES) and images.shape == (10 * cd.QUICK_IMAGES_PER_CLASS, 3, 32, 32)
     assert torch.equal(labels.bincount(), torch.full((10,), cd.QUICK_IMAGES_PER_CLASS))
+    assert images.float().std() > 40, "photos, not blank images"
+    splits = cd.load_cifar10_splits(quick=True, progress=False)  # the notebook's split: 720 / 80 / 200
+    assert [len(p.labels) for p in (splits.train, splits.valid, splits.test)] == [720, 80, 200]
 
 
 # --- the cache ----------------------------------------------------------------------------------

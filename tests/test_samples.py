@@ -141,7 +141,7 @@ def test_finished_sample_is_reused_and_interrupted_one_redone(tmp_path):
 
 
 def test_ensure_pets_quick_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(samples, "make_pets_sample", lambda root: Path(root) / "oxford-iiit-pet")
+    monkeypatch.setattr(samples, "real_pets_sample", lambda root: Path(root) / "oxford-iiit-pet")
     assert ensure_pets(tmp_path / "x", quick=True) == tmp_path / "x" / "quick" / "oxford-iiit-pet"
     with pytest.raises(TypeError, match="quick"):
         ensure_pets(tmp_path)  # quick mode is the caller's choice, never read behind its back
@@ -172,8 +172,54 @@ def test_pets_archive_unpacks_to_the_sample(tmp_path):
     assert remote.size == archive.stat().st_size and not list(tmp_path.glob("*.part"))
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-    assert "oxford-iiit-pet/annotations/list.txt" in names
-    assert sum(n.startswith("oxford-iiit-pet/images/") for n in names) == 37 * 8 + len(NON_IMAGE_FILES)
+    assert "oxford-iiit-pet/annotations/list.txt" in names and "oxford-iiit-pet/LICENSE.md" in names
+    assert sum(n.startswith("oxford-iiit-pet/images/") for n in names) == 222 + len(NON_IMAGE_FILES)
+
+
+# --- the real photos that ship with the course -------------------------------------------------
+
+def test_the_shipped_samples_are_real_photos_with_attribution_and_licence():
+    photos = sorted((samples.PETS_SAMPLE / "images").glob("*.jpg"))
+    assert len(photos) == 222
+    from collections import Counter
+    assert set(Counter(p.stem.rsplit("_", 1)[0] for p in photos).values()) == {6}  # 6 per breed, 37 breeds
+    assert {p.stem.rsplit("_", 1)[0] for p in photos} == set(PET_BREEDS)
+    for path in photos[::37]:
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB" and min(img.size) <= 192
+    assert sum(p.stat().st_size for p in photos) < 5e6
+    for doc in ("README.md", "LICENSE.md"):
+        assert "CC BY-SA 4.0" in (samples.PETS_SAMPLE / doc).read_text()
+    cifar = sorted((samples.CIFAR10_SAMPLE / "train").glob("*/*.jpg"))
+    assert len(cifar) == 1000 and sum(p.stat().st_size for p in cifar) < 1.5e6
+    assert "Krizhevsky" in (samples.CIFAR10_SAMPLE / "README.md").read_text()
+
+
+def test_real_pets_sample_has_the_layout_and_the_awkward_files_of_the_real_set(tmp_path):
+    folder = samples.real_pets_sample(tmp_path)
+    images = folder / "images"
+    assert len(list(images.glob("*.jpg"))) == 222 and (folder / "LICENSE.md").exists()
+    for name, mode in samples.REAL_AWKWARD_IMAGES.items():
+        with Image.open(images / name) as img:
+            assert img.mode == mode
+    assert all((images / name).exists() for name in NON_IMAGE_FILES)
+    rows = read_pets_list(folder / "annotations" / "list.txt")
+    assert len(rows) == 222 and rows[0]["class_id"] == 1 and {r["species"] for r in rows} == {1, 2}
+    trainval = read_pets_list(folder / "annotations" / "trainval.txt")
+    test = read_pets_list(folder / "annotations" / "test.txt")
+    assert len(trainval) + len(test) == 222 and not {r["image"] for r in trainval} & {r["image"] for r in test}
+    assert samples.real_pets_sample(tmp_path) == folder  # made once, then reused
+
+
+def test_served_sample_downloads_with_torchvision(tmp_path):
+    from torchvision.datasets.utils import download_url
+
+    from tlhelpers.tools.downloads import verify_checksum
+
+    remote = samples.serve_pets_sample(tmp_path / "server")
+    assert remote.url.startswith("http://127.0.0.1:")
+    download_url(remote.url, tmp_path / "downloaded", filename=remote.filename)
+    assert verify_checksum(tmp_path / "downloaded" / remote.filename, remote.checksum)
 
 
 # --- learnability --------------------------------------------------------------------------

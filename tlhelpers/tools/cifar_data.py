@@ -4,8 +4,8 @@ Course tooling. Three sources give the same thing, :class:`ImageArrays`: images 
 uint8, labels ``(N,)`` int64 and the sorted class names, ready for
 ``tlhelpers.tools.gpu_data.GPUBatchLoader``:
 
-- quick mode (``quick=True``): a generated CIFAR-like sample (coloured shapes, 40 per class) in the
-  layout of the real copy, ``data_dir()/quick/cifar10/train/<class>/*.jpg``;
+- quick mode (``quick=True``): the 1,000 real CIFAR-10 images (100 per class) that ship with the
+  course, ``tlhelpers/sample_data/cifar10/train/<class>/*.jpg`` (``samples.CIFAR10_SAMPLE``);
 - an image-folder copy ``<root>/train/<class>/*.jpg`` (optionally with ``test/``), or a ``.zip`` of
   one (the ``train/`` level is found inside any nesting): the notebook passes
   ``config.CIFAR10_DIR`` (the ``TLH_CIFAR10_DIR`` setting) as ``source``;
@@ -31,14 +31,15 @@ from tlhelpers import config
 from tlhelpers.pets import stratified_split_indices
 from tlhelpers.tools import cache
 from tlhelpers.tools.images import IMAGE_EXTENSIONS
+from tlhelpers.tools.samples import CIFAR10_SAMPLE
 
 #: The 10 CIFAR-10 classes, sorted (torchvision's order, and the folders' sorted names).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 #: Per-channel statistics of the CIFAR-10 training images (0-1 units), for models trained from scratch.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-#: Images per class of the quick-mode sample (10 classes: 400 images, 32x32).
-QUICK_IMAGES_PER_CLASS = 40
+#: Images per class of the quick-mode sample (10 classes: 1,000 images, 32x32).
+QUICK_IMAGES_PER_CLASS = 100
 
 
 class ImageArrays(NamedTuple):
@@ -51,23 +52,13 @@ class ImageArrays(NamedTuple):
 
 # --- where the data comes from -------------------------------------------------------------
 
-def quick_sample(root=None) -> Path:
-    """Write (once) the generated quick-mode sample, ``<root>/train/<class>/*.jpg`` at 32x32; return ``root``."""
-    from tlhelpers.tools.samples import make_image_folder_sample
-
-    root = Path(root) if root is not None else config.data_dir() / "quick" / "cifar10"
-    make_image_folder_sample(root / "train", classes=CIFAR10_CLASSES, images_per_class=QUICK_IMAGES_PER_CLASS,
-                             size=(32, 32), seed=0)
-    return root
-
-
 def resolve_source(source=None, quick: bool = False):
-    """Which CIFAR-10 to read: the quick sample when ``quick``, else ``source`` (a folder or zip), else torchvision.
+    """Which CIFAR-10 to read: the shipped sample when ``quick``, else ``source`` (a folder or zip), else torchvision.
 
     Returns a ``Path`` or the string ``"torchvision"``.
     """
     if quick:
-        return quick_sample()
+        return CIFAR10_SAMPLE
     if source is None or source == "torchvision":
         return "torchvision"
     return _existing_path(source)
