@@ -528,3 +528,37 @@ def serve_pets_sample(root):
     url = f"http://127.0.0.1:{server.server_port}/{remote.filename}"
     return dataclasses.replace(remote, url=url, checksum_source="computed from the packed sample archive; "
                                "served from this machine by tlhelpers.tools.samples.serve_pets_sample")
+
+
+def real_cats_dogs_folder(root) -> Path:
+    """``<root>/cats_vs_dogs/{cat,dog}/``: the course's real Pets photos as "your own photos" (notebook 09).
+
+    72 cat and 150 dog photos (imbalanced, as home-made sets often are), with the awkward files a
+    real folder collects: a grayscale JPEG, a CMYK JPEG, a PNG, a text file, a macOS ``.DS_Store``,
+    a macOS ``._`` resource-fork file with an image name, and an ``.ipynb_checkpoints`` folder.
+    Made once; a finished folder is reused.
+    """
+    photos = sorted((PETS_SAMPLE / "images").glob("*.jpg"))
+    params = {"kind": "cats-vs-dogs-real", "version": 1, "photos": len(photos)}
+
+    def build(folder: Path) -> None:
+        for path in photos:
+            kind = "cat" if path.name[:1].isupper() else "dog"  # cat breeds are Capitalised
+            (folder / kind).mkdir(exist_ok=True)
+            shutil.copyfile(path, folder / kind / path.name)
+        with Image.open(folder / "cat" / "Bengal_107.jpg") as img:
+            img.convert("L").save(folder / "cat" / "Bengal_107.jpg", "JPEG", quality=90)  # grayscale
+        with Image.open(folder / "dog" / "beagle_107.jpg") as img:
+            img.convert("CMYK").save(folder / "dog" / "beagle_107.jpg", "JPEG", quality=90)  # CMYK
+        png = folder / "dog" / "pug_112.jpg"
+        with Image.open(png) as img:
+            img.save(png.with_suffix(".png"), "PNG")
+        png.unlink()
+        (folder / "dog" / "notes.txt").write_text("photos from the park, June\n")
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(64))
+        (folder / "cat" / "._Bengal_107.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # not an image
+        (folder / ".ipynb_checkpoints").mkdir()
+        shutil.copyfile(PETS_SAMPLE / "README.md", folder / "README.md")
+        shutil.copyfile(PETS_SAMPLE / "LICENSE.md", folder / "LICENSE.md")
+
+    return _build_sample(Path(root) / "cats_vs_dogs", params, build)
