@@ -64,8 +64,10 @@ from tlhelpers.tools.image_folder import FolderError, FolderScan, folder_splits,
 from tlhelpers.tools.images import default_num_workers
 from tlhelpers.training import DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions
 
-#: Optimizer steps each phase runs at least, on any folder (``FineTuneConfig.min_steps``).
-#: Measured on 222 real Oxford-IIIT Pet photos (6 per breed, 160 px, efficientnet_lite0).
+#: Optimizer steps each phase runs at least (``FineTuneConfig.min_steps``). On 222 real Oxford-IIIT
+#: Pet photos (6 per breed, 177 to train on: 6 steps an epoch) one frozen epoch reached 22%;
+#: 60 steps a phase (10 epochs each) reach 71-76% on 45 held-out photos (4 split seeds), at
+#: 160 px with efficientnet_lite0 in about 2 minutes on 2 CPU cores.
 MIN_STEPS = 60
 #: The fine-tuning rate as a share of ``--lr`` when ``--finetune-lr`` is not given: FineTuneConfig's ratio.
 _RECIPE = FineTuneConfig()
