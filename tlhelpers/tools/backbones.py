@@ -188,14 +188,6 @@ def get_stages(model: nn.Module) -> Stages:
     return backbone_stages(network, name)
 
 
-def get_head(model: nn.Module) -> nn.Module:
-    """The classifier layer of a ``PretrainedClassifier``."""
-    network, name = _find_network(model)
-    return network.get_submodule(BACKBONES[name].head)
-
-
-# --- summaries for notebook 04 ------------------------------------------------------------
-
 def parameter_summary(model: nn.Module) -> dict:
     """Numbers of trainable, frozen and total parameters (notebook 04)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
