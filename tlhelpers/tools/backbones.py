@@ -188,6 +188,8 @@ def get_stages(model: nn.Module) -> Stages:
     return backbone_stages(network, name)
 
 
+# --- summaries for notebook 04 ------------------------------------------------------------
+
 def parameter_summary(model: nn.Module) -> dict:
     """Numbers of trainable, frozen and total parameters (notebook 04)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
