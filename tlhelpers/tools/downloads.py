@@ -9,28 +9,37 @@ address of each file, its mirrors, its size and a checksum that proves we got th
 Three rules make downloads safe to re-run and safe to interrupt:
 
 1. A file already on disk whose checksum verifies is used as is: no network request at all.
-2. A download is streamed to ``<file>.part``, verified, and only then renamed to ``<file>``
-   (``os.replace`` is atomic), so a crash or a dropped connection never leaves a complete-looking
-   file behind. A ``.part`` file found on disk is never trusted: the download starts again.
+2. A download is streamed to ``<file>.<pid>.part`` (``tlhelpers.tools.fileio.atomic_path``),
+   verified, flushed to the disk and only then renamed to ``<file>`` (``os.replace`` is atomic),
+   so a crash or a dropped connection never leaves a complete-looking file behind. A ``.part``
+   file found on disk is never trusted: Ctrl-C removes its own, and the next run removes those
+   of killed runs. A server that sends more bytes than expected is cut off at once.
 3. An archive is checked member by member *before* anything is extracted: absolute paths,
    ``..`` escapes, links that point outside and device files are refused
-   (:class:`UnsafeArchiveError`) and nothing is written. Extraction goes to a temporary folder
-   first and a marker file is written at the very end, so a half-extracted dataset is never
-   mistaken for a complete one.
+   (:class:`UnsafeArchiveError`) and nothing is written; so is an archive that would unpack to
+   far more than its own size (a "decompression bomb") or to more than the free disk space.
+   An archive that cannot be read (truncated, not an archive) raises :class:`ArchiveError`.
+   Extraction goes to a temporary folder first and a marker file is written at the very end,
+   so a half-extracted dataset is never mistaken for a complete one.
 
 Offline? Run the course in quick mode (``TLH_QUICK=1``): it uses generated sample data instead.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import http.client
+import lzma
 import os
 import shutil
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -38,7 +47,7 @@ from typing import NoReturn, Sequence
 from tqdm.auto import tqdm
 
 from tlhelpers.config import data_dir
-from tlhelpers.tools.fileio import write_text_atomic
+from tlhelpers.tools.fileio import atomic_path, sweep_stale_parts, write_text_atomic
 
 __all__ = [
     "RemoteFile",
@@ -46,6 +55,7 @@ __all__ = [
     "DATASETS",
     "DownloadError",
     "ChecksumError",
+    "ArchiveError",
     "UnsafeArchiveError",
     "get_dataset",
     "file_checksum",
@@ -206,8 +216,16 @@ class ChecksumError(DownloadError):
     """A source delivered bytes whose checksum (or size) is not the expected one (notebook 01)."""
 
 
-class UnsafeArchiveError(ValueError):
+class ArchiveError(ValueError):
+    """An archive cannot be read (truncated, damaged, not an archive) or is too big to unpack (notebook 01)."""
+
+
+class UnsafeArchiveError(ArchiveError):
     """An archive member would land outside the target folder, or is a device file (notebook 01)."""
+
+
+class _WrongBytes(Exception):
+    """A source delivered a complete answer, but not the bytes we want (size or checksum)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,8 +279,13 @@ def _is_verified(path: Path, checksum: str | None, size: int | None) -> bool:
 _USER_AGENT = "tlhelpers (course downloader; Python urllib)"
 
 
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool, size: int | None, algo: str | None):
-    """Stream ``url`` into ``part`` (always from byte 0) and return (bytes received, hex digest or None)."""
+def _fetch(url: str, part: Path, *, timeout: float, progress: bool, size: int | None, algo: str | None,
+           label: str):
+    """Stream ``url`` into ``part`` (always from byte 0) and return (bytes received, hex digest or None).
+
+    Reading stops as soon as more bytes arrive than expected (``size``, else the announced
+    ``Content-Length``): a wrong or hostile server cannot fill the disk.
+    """
     opener = urllib.request.build_opener()  # built per call, so proxy settings are read now
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     digest = hashlib.new(algo) if algo else None  # hash while writing: no second pass over the file
@@ -270,20 +293,25 @@ def _fetch(url: str, part: Path, *, timeout: float, progress: bool, size: int | 
     with opener.open(request, timeout=timeout) as response:
         length_header = response.headers.get("Content-Length", "")
         announced = int(length_header) if length_header.isdigit() else None
+        if size is not None and announced is not None and announced > size:
+            raise _WrongBytes(f"expected {size} bytes, but the server announces {announced}; nothing was read")
+        limit = size if size is not None else announced
         bar = tqdm(
-            total=announced or size, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], disable=not progress,
+            total=announced or size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
         )
-        # "wb": a .part left over from a crash is truncated, never trusted or appended to.
         with bar, open(part, "wb") as out:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
+            while True:
+                # Never ask for more than one byte beyond the limit: that byte is the proof of "too many".
+                chunk = response.read(_CHUNK if limit is None else min(_CHUNK, limit - received + 1))
+                if not chunk:
+                    break
                 received += len(chunk)
+                if limit is not None and received > limit:
+                    raise _WrongBytes(f"expected {limit} bytes, but the server sent more; stopped reading")
+                out.write(chunk)
                 bar.update(len(chunk))
                 if digest is not None:
                     digest.update(chunk)
-            out.flush()
-            os.fsync(out.fileno())  # the bytes are on disk before os.replace makes them "the file"
     if announced is not None and received != announced:
         # The server promised more than it sent: the connection was closed early.
         raise http.client.IncompleteRead(b"", announced - received)
@@ -301,6 +329,31 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _check_filename(url: str, filename: str | None, root: Path) -> str:
+    """The file name to save ``url`` under: ``filename``, else the URL's last path part; a plain name, or an error."""
+    name = filename if filename is not None else urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    why = None
+    if not name:
+        why = "is empty"
+    elif name in (".", ".."):
+        why = f"is {name!r}, a folder"
+    elif any(c in name for c in "/\\\0") or _is_absolute(name):
+        why = "holds a folder separator"
+    elif name.endswith(".part"):
+        why = "ends in .part, the ending of unfinished downloads"
+    if why is None:
+        return name
+    if filename is not None:
+        raise ValueError(
+            f"download_url({url!r}): filename={filename!r} {why}: it must be a plain file name inside {root}, "
+            "e.g. filename='data.tar.gz'."
+        )
+    raise ValueError(
+        f"Cannot take a file name from the URL {url!r}: its last path part {name!r} {why}, so the file could "
+        f"land outside {root}. Pass a file name, e.g. download_url(url, root, filename='data.tar.gz')."
+    )
+
+
 def download_url(
     url: str,
     root: str | os.PathLike,
@@ -313,13 +366,18 @@ def download_url(
     progress: bool = True,
     backoff: float = 0.5,
 ) -> Path:
-    """Download ``url`` (else each mirror) to ``root/filename`` via ``.part``, verified, atomic (notebook 01)."""
+    """Download ``url`` (else each mirror) to ``root/filename`` via ``.part``, verified, atomic (notebook 01).
+
+    ``filename`` defaults to the URL's last path part; either must be a plain file name. A
+    server that sends more than ``size`` bytes (or than it announced) is cut off at once.
+    """
     if retries < 1:
         raise ValueError(f"retries={retries}: need at least 1 attempt per source.")
     root = Path(root).expanduser()
-    filename = filename or url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    filename = _check_filename(url, filename, root)
     path = root / filename
     algo = _parse_checksum(checksum)[0] if checksum else None  # a malformed checksum fails here, offline
+    sweep_stale_parts(path)  # .part files of killed runs (Ctrl-C removes its own)
 
     if path.is_file():
         if checksum is None and size is None:
@@ -331,7 +389,6 @@ def download_url(
         print(f"{path} is there but does not verify: downloading it again.")
 
     root.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
     failures: list[str] = []  # one line per source, for the final error message
     mismatch: str | None = None
     last_error = "none"
@@ -339,9 +396,21 @@ def download_url(
     for source in [url, *mirrors]:
         for attempt in range(1, retries + 1):
             try:
-                received, actual = _fetch(source, part, timeout=timeout, progress=progress, size=size, algo=algo)
+                # atomic_path: the bytes go to <file>.<pid>.part, which is fsynced and renamed to <file>
+                # only if the block ends without an error; on any error or Ctrl-C it is deleted.
+                with atomic_path(path) as part:
+                    received, actual = _fetch(source, part, timeout=timeout, progress=progress, size=size,
+                                              algo=algo, label=filename)
+                    # The transfer finished: are these the bytes we wanted?
+                    if size is not None and received != size:
+                        raise _WrongBytes(f"expected {size} bytes, got {received}")
+                    if checksum is not None and actual != _parse_checksum(checksum)[1]:
+                        raise _WrongBytes(f"checksum mismatch: expected {checksum}, got {algo}:{actual}")
+            except _WrongBytes as wrong:
+                last_error = str(wrong)
+                mismatch = f"{filename} from {source}: {last_error}"
+                break  # wrong bytes will not become right by asking again; try the next mirror
             except (OSError, http.client.HTTPException) as error:  # URLError, HTTPError, timeouts, resets
-                part.unlink(missing_ok=True)
                 last_error = _describe(error)
                 client_error = isinstance(error, urllib.error.HTTPError) and error.code < 500
                 if client_error and error.code not in (408, 429):
@@ -349,19 +418,9 @@ def download_url(
                 if attempt < retries:
                     time.sleep(backoff * 2 ** (attempt - 1))  # 0.5 s, 1 s, 2 s...: let a busy server recover
                 continue
-            # The transfer finished: are these the bytes we wanted?
-            if size is not None and received != size:
-                last_error = f"expected {size} bytes, got {received}"
-            elif checksum is not None and actual != _parse_checksum(checksum)[1]:
-                last_error = f"checksum mismatch: expected {checksum}, got {algo}:{actual}"
-            else:
-                os.replace(part, path)  # atomic: the final name only ever holds verified bytes
-                verified = "verified" if checksum else "no checksum to verify"
-                print(f"Downloaded {path} from {source} ({verified}).")
-                return path
-            part.unlink(missing_ok=True)
-            mismatch = f"{filename} from {source}: {last_error}"
-            break  # wrong bytes will not become right by asking again; try the next mirror
+            verified = "verified" if checksum else "no checksum to verify"
+            print(f"Downloaded {path} from {source} ({verified}).")
+            return path
         failures.append(f"  - {source}: {last_error} (after {attempt} attempt{'s' if attempt > 1 else ''})")
 
     how = "it will be verified and used" if checksum or size else "it will be used as is"
@@ -498,8 +557,74 @@ def _archive_kind(archive: Path) -> str:
     raise ValueError(f"Cannot extract {archive}: expected a .tar, .tar.gz, .tgz or .zip file.")
 
 
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Safely extract a .tar/.tar.gz/.tgz/.zip into ``dest`` once (a marker skips it next time) (notebook 01)."""
+#: What the readers raise for a truncated, damaged or fake archive (``BadGzipFile`` is an ``OSError``:
+#: listed by name, so that a real disk error such as "no space left" is never mistaken for one).
+_UNREADABLE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+@contextlib.contextmanager
+def _reading(archive: Path):
+    """Turn the readers' errors about a broken archive into an :class:`ArchiveError` that says what to do."""
+    try:
+        yield
+    except getattr(tarfile, "FilterError", ()) as error:  # () catches nothing on old Python
+        raise UnsafeArchiveError(f"Refusing to extract {archive}: {error}. Nothing was extracted.") from error
+    except _UNREADABLE as error:
+        raise ArchiveError(
+            f"Cannot read {archive}: it is truncated, damaged or not a {_archive_kind(archive)} archive "
+            f"({type(error).__name__}: {error}). Delete it and download it again (ensure_dataset downloads "
+            "a missing archive by itself)."
+        ) from error
+
+
+#: An archive that unpacks to more than this many times its own size, and to more than
+#: ``_RATIO_FLOOR`` bytes, is refused by default: photos hardly compress (about 1x), a
+#: "decompression bomb" of zeros unpacks to 1,000x its size.
+MAX_RATIO = 100
+_RATIO_FLOOR = 64 * 1024 * 1024
+_BLOCK = 4096  # what one file costs on the disk at least
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_size(archive: Path, dest: Path, total: int, count: int, max_bytes: int | None,
+                max_ratio: float | None) -> None:
+    """Refuse, before anything is written, an archive too big for ``max_bytes``, ``max_ratio`` or the free disk."""
+    packed = archive.stat().st_size
+    if max_bytes is not None and total > max_bytes:
+        raise ArchiveError(
+            f"Refusing to extract {archive}: it would unpack to {_gib(total)} ({total:,} bytes), more than "
+            f"max_bytes={max_bytes:,}. Nothing was extracted. If you trust it, pass a larger max_bytes."
+        )
+    if max_ratio is not None and total > _RATIO_FLOOR and total > max_ratio * packed:
+        raise ArchiveError(
+            f"Refusing to extract {archive}: it would unpack to {_gib(total)} from {_gib(packed)}, "
+            f"{total / max(packed, 1):,.0f} times its size (more than max_ratio={max_ratio}), like a "
+            "decompression bomb. Nothing was extracted. If you trust it, pass max_ratio=None."
+        )
+    existing = dest
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # dest may not exist yet: ask about the disk it will be on
+    free = shutil.disk_usage(existing).free
+    needed = total + count * _BLOCK
+    if needed > free:
+        raise ArchiveError(
+            f"Cannot extract {archive}: it needs about {_gib(needed)} but only {_gib(free)} are free on the disk "
+            f"of {existing}. Nothing was extracted. Free some space, or extract it somewhere else."
+        )
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, *, max_bytes: int | None = None,
+                    max_ratio: float | None = MAX_RATIO) -> Path:
+    """Safely extract a .tar/.tar.gz/.tgz/.zip into ``dest`` once (a marker skips it next time) (notebook 01).
+
+    Before anything is written: every member's path is checked (:class:`UnsafeArchiveError`), and
+    the total unpacked size (the sizes the archive declares, which the readers enforce) against
+    ``max_bytes``, ``max_ratio`` times the archive's size and the free disk space
+    (:class:`ArchiveError`). A truncated or damaged archive raises :class:`ArchiveError`.
+    """
     archive, dest = Path(archive), Path(dest)
     marker = _marker(archive, dest)
     if _already_extracted(archive, dest):
@@ -510,13 +635,19 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
     kind = _archive_kind(archive)
 
     # 1. Check every member. Reading a .tar.gz twice costs time, but nothing is written before
-    #    we know the whole archive is safe.
-    if kind == "tar":
-        with tarfile.open(archive, "r:*") as tar:
-            _check_tar(archive, tar.getmembers())
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            _check_zip(archive, zf.namelist())
+    #    we know the whole archive is safe, and that it fits.
+    with _reading(archive):
+        if kind == "tar":
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                _check_tar(archive, members)
+                sizes = [m.size for m in members if m.isfile()]
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                _check_zip(archive, [info.filename for info in infos])
+                sizes = [info.file_size for info in infos]  # zipfile stops reading a member at this size
+    _check_size(archive, dest, sum(sizes), len(sizes), max_bytes, max_ratio)
 
     # 2. Extract into a private folder inside dest (same disk, so the moves below are renames).
     staging = dest / f".{archive.name}.extracting"
@@ -524,19 +655,16 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
         shutil.rmtree(staging)  # left over by an interrupted run: ours, and incomplete
     staging.mkdir(parents=True)
     try:
-        if kind == "tar":
-            with tarfile.open(archive, "r:*") as tar:
-                try:
+        with _reading(archive):
+            if kind == "tar":
+                with tarfile.open(archive, "r:*") as tar:
                     if _TAR_FILTER:
                         tar.extractall(staging, filter=_TAR_FILTER)
                     else:
                         tar.extractall(staging)  # older Python: our _check_tar above is the protection
-                except getattr(tarfile, "FilterError", ()) as error:  # () catches nothing on old Python
-                    message = f"Refusing to extract {archive}: {error}. Nothing was extracted."
-                    raise UnsafeArchiveError(message) from error
-        else:
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(staging)
+            else:
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(staging)
 
         # 3. Move the top-level entries into place; never overwrite something we did not create.
         entries = sorted(staging.iterdir())
