@@ -48,7 +48,7 @@ from PIL import Image
 from tlhelpers import config
 from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
 from tlhelpers.pets import PetsDataset, random_split_indices, stratified_split_indices
-from tlhelpers.tools.fileio import write_text_atomic
+from tlhelpers.tools.fileio import fsync_file, sweep_stale_parts, write_text_atomic
 from tlhelpers.tools.gpu_data import GPUBatchLoader
 from tlhelpers.tools.images import load_rgb
 
@@ -116,17 +116,26 @@ def read_image_cache(npy_path, json_path, fingerprint: str, count: int, size: in
     """The cached array (memory-mapped) if the sidecar matches ``fingerprint`` and the file is whole (notebook 05).
 
     ``None`` when there is no cache, it is stale, or it is damaged: then it must be (re)built.
+    A damaged cache (the sidecar matches, but the array cannot be read or has another shape or
+    type than ``(count, 3, size, size)`` uint8) is reported by name before it is rebuilt.
     """
     try:
         meta = json.loads(Path(json_path).read_text())
         if meta.get("fingerprint") != fingerprint:
             return None
+    except (OSError, ValueError):
+        return None  # no sidecar (never built, or an interrupted build): nothing to report
+    expected = (count, 3, size, size)
+    try:
         # "c" (copy-on-write): reads come straight from the file, and the array is writable,
         # so torch.from_numpy accepts it without a warning; writes never reach the file.
         images = np.load(npy_path, mmap_mode="c")
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        print(f"The image cache {npy_path} cannot be read ({type(err).__name__}: {err}): rebuilding it.")
         return None
-    if images.shape != (count, 3, size, size) or images.dtype != np.uint8:
+    if images.shape != expected or images.dtype != np.uint8:
+        print(f"The image cache {npy_path} holds {tuple(images.shape)} {images.dtype}, expected {expected} uint8: "
+              "rebuilding it.")
         return None
     return images
 
@@ -162,12 +171,17 @@ def build_uint8_cache(npy_path, json_path, fingerprint: str, count: int, size: i
         return cached
 
     npy_path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_parts(npy_path)  # left by a build that was killed
     part = npy_path.with_name(f"{npy_path.name}.{os.getpid()}.part")  # unique: two builds never share one
     start = time.perf_counter()
     images = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
     try:
         def decode_into(i: int) -> None:
-            images[i] = decode_row(i).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+            row = np.asarray(decode_row(i))
+            if row.shape != (size, size, 3) or row.dtype != np.uint8:  # numpy would broadcast a wrong shape
+                raise ValueError(f"Cannot cache row {i} into {npy_path}: it is {row.shape} {row.dtype}, "
+                                 f"expected ({size}, {size}, 3) uint8.")
+            images[i] = row.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
         bar = None
         if progress:
@@ -185,6 +199,7 @@ def build_uint8_cache(npy_path, json_path, fingerprint: str, count: int, size: i
                 bar.close()
         images.flush()
         del images  # close the memory map before renaming the file
+        fsync_file(part)  # on the disk before it takes the cache's name
         _remove(json_path)  # an old sidecar must never describe the new array
         os.replace(part, npy_path)
     except BaseException:  # also Ctrl-C: a half-written cache must not survive

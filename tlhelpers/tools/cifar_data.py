@@ -22,6 +22,7 @@ import functools
 import hashlib
 import io
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ import torch
 from tlhelpers import config
 from tlhelpers.pets import stratified_split_indices
 from tlhelpers.tools import cache
+from tlhelpers.tools.downloads import ArchiveError
 from tlhelpers.tools.images import IMAGE_EXTENSIONS
 from tlhelpers.tools.samples import CIFAR10_SAMPLE
 
@@ -40,6 +42,8 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 #: Images per class of the quick-mode sample (10 classes: 1,000 images, 32x32).
 QUICK_IMAGES_PER_CLASS = 100
+#: The largest zip member read as one image (a CIFAR-10 JPEG is about 1.5 kB, a phone photo a few MB).
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
 class ImageArrays(NamedTuple):
@@ -48,6 +52,21 @@ class ImageArrays(NamedTuple):
     images: torch.Tensor
     labels: torch.Tensor
     classes: list
+
+
+def _checked(arrays: ImageArrays, size: int, where: str, fix: str) -> ImageArrays:
+    """``arrays`` if images, labels and classes agree (shape, type, count, range); else a clear error."""
+    images, labels, classes = arrays
+    problems = []
+    if tuple(images.shape[1:]) != (3, size, size) or images.dtype != torch.uint8:
+        problems.append(f"images of shape {tuple(images.shape)} {images.dtype}, expected (N, 3, {size}, {size}) uint8")
+    if labels.shape != (len(images),):
+        problems.append(f"{tuple(labels.shape)} labels for {len(images)} images")
+    elif len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+        problems.append(f"labels from {int(labels.min())} to {int(labels.max())} for {len(classes)} classes")
+    if problems:
+        raise ValueError(f"{where} holds {'; '.join(problems)}. {fix}")
+    return arrays
 
 
 # --- where the data comes from -------------------------------------------------------------
@@ -151,13 +170,14 @@ def has_split(source, split: str) -> bool:
 # --- decoding, cached -------------------------------------------------------------------------
 
 def load_image_folder(source, split: str = "train", size: int = 32, classes=None, max_per_class: int | None = None,
-                      progress: bool = True) -> ImageArrays:
+                      progress: bool = True, max_member_bytes: int = MAX_MEMBER_BYTES) -> ImageArrays:
     """``<source>/<split>/<class>/*`` (a folder or a .zip) as uint8 arrays, decoded once and cached (notebook 07).
 
     ``classes`` fixes the class order (the training split's, when loading ``test``); by default
     the sorted folder names. ``max_per_class`` keeps the first files of each class (in name
     order), for small experiments. Each image becomes a ``size`` x ``size`` RGB square
     (``tlhelpers.tools.cache.load_square``: the identity for CIFAR-10's 32x32 images).
+    A zip member bigger than ``max_member_bytes`` is refused before it is read.
     """
     source = _existing_path(source)
     is_zip = source.is_file()
@@ -177,12 +197,28 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
         fingerprint = hashlib.sha1(f"{cache.CACHE_VERSION}|{st.st_size}|{st.st_mtime_ns}|{size}|{len(files)}|"
                                    f"{','.join(classes)}".encode()).hexdigest()
         zf = zipfile.ZipFile(source)  # reads from several threads are safe: ZipFile locks its file
+        # Sizes first, from the zip's directory: a huge member is refused before a byte of it is read
+        # (zipfile never returns more than the declared size, so this bounds what we read).
+        too_big = [(n, zf.getinfo(n).file_size) for n, _ in files if zf.getinfo(n).file_size > max_member_bytes]
+        if too_big:
+            zf.close()
+            member, nbytes = too_big[0]
+            raise ArchiveError(
+                f"{source}: member {member} is {nbytes:,} bytes, more than max_member_bytes={max_member_bytes:,} "
+                f"({len(too_big)} such member(s)); an image of CIFAR-10 is about 1.5 kB. Remove it from the zip, "
+                "or pass a larger max_member_bytes if your images really are that big.")
 
         def decode_row(i):
+            member = files[i][0]
             try:
-                return cache.load_square(io.BytesIO(zf.read(files[i][0])), size)
+                data = zf.read(member)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise ArchiveError(f"{source}: cannot read member {member} ({type(err).__name__}: {err}); the zip "
+                                   "is truncated or damaged. Delete it and download or copy it again.") from err
+            try:
+                return cache.load_square(io.BytesIO(data), size)
             except OSError as err:
-                raise OSError(f"{source}: cannot read {files[i][0]} ({err.__cause__ or err}). "
+                raise OSError(f"{source}: cannot read {member} ({err.__cause__ or err}). "
                               "Replace the zip, or extract it and delete that file.") from err
     else:
         fingerprint = cache.files_fingerprint([f for f, _ in files], size)
@@ -195,7 +231,8 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
     finally:
         if is_zip:
             zf.close()
-    return ImageArrays(torch.from_numpy(images), labels, classes)
+    return _checked(ImageArrays(torch.from_numpy(images), labels, classes), size, f"The image cache {npy_path}",
+                    "Delete it; it is rebuilt on the next run.")
 
 
 def _load_torchvision(split: str, size: int) -> ImageArrays:
@@ -210,11 +247,18 @@ def _load_torchvision(split: str, size: int) -> ImageArrays:
             "Set TLH_CIFAR10_DIR to an image-folder copy (a folder or .zip of train/<class>/*.jpg), "
             "or run in quick mode with TLH_QUICK=1."
         ) from exc
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    folder = config.data_dir() / "cifar-10-batches-py"
+    data = ds.data
+    if getattr(data, "ndim", 0) != 4 or tuple(data.shape[1:]) != (32, 32, 3) or str(data.dtype) != "uint8":
+        raise ValueError(f"{folder} holds images of shape {getattr(data, 'shape', None)} "
+                         f"{getattr(data, 'dtype', type(data).__name__)}, expected (N, 32, 32, 3) uint8. "
+                         "Delete the folder; it is downloaded again on the next run.")
+    images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     if size != images.shape[-1]:
         images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
         images = images.round().clamp(0, 255).to(torch.uint8)
-    return ImageArrays(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes))
+    return _checked(ImageArrays(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)), size,
+                    str(folder), "Delete the folder; it is downloaded again on the next run.")
 
 
 def load_cifar10(source=None, split: str = "train", size: int = 32, quick: bool = False, classes=None,
