@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,42 @@ VAL_DIR_NAMES = ("val", "valid", "validation")
 
 class FolderError(ValueError):
     """A problem with an image folder; the message names it and says what to do (notebook 09)."""
+
+
+class FolderWarning(UserWarning):
+    """Something in an image folder that works but is probably a mistake, e.g. classes ``Cat`` and ``cat``."""
+
+
+def printable(path) -> str:
+    """``path`` as text that can always be printed: bytes that are not UTF-8 are shown as ``\\xNN`` (notebook 09).
+
+    Python reads such bytes in file names (e.g. a folder named ``café`` in Latin-1) as "surrogate"
+    characters, which cannot be printed or saved as UTF-8 text.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_class_names(folder: Path, classes, case: bool = True) -> list[str]:
+    """FolderError for a class folder whose name is not UTF-8; notes (and warnings) for names that differ only in case."""
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            guess = os.fsencode(name).decode("latin-1")
+            raise FolderError(
+                f"{printable(folder)}: the class folder '{printable(name)}' has a name that is not UTF-8 text "
+                f"(it was probably made on a system that writes names in another encoding). The class name "
+                f"goes into the exported model and its predictions, so rename the folder, e.g. to {guess!r} "
+                "(the name read as Latin-1).") from None
+    by_case = {}
+    for name in classes if case else ():
+        by_case.setdefault(name.casefold(), []).append(name)
+    notes = [f"class folders {' and '.join(f'{n}/' for n in same)} differ only in upper/lower case: they are "
+             f"{len(same)} different classes here (and would be one folder on Windows or macOS). Merge them if "
+             "they are the same class." for same in by_case.values() if len(same) > 1]
+    for note in notes:
+        warnings.warn(f"{printable(folder)}: {note}", FolderWarning, stacklevel=3)
+    return notes
 
 
 def _hidden(path, root) -> bool:
@@ -139,9 +176,8 @@ def _unreadable(paths) -> list[tuple[Path, str]]:
     for path in paths:
         try:
             load_rgb(path)
-        except OSError as err:
-            cause = err.__cause__ or err
-            bad.append((Path(path), f"{type(cause).__name__}: {cause}"))
+        except OSError as err:  # load_rgb's ImageError: a short reason without the file name
+            bad.append((Path(path), getattr(err, "reason", f"{type(err).__name__}: {err}")))
     return bad
 
 
@@ -159,6 +195,7 @@ def scan_image_folder(root, bad_images: str = "fail", check_images: bool = True)
     notes = [f"ignored the folder {name}/ next to train/ (only train/ and val/ are used)"
              for name in _class_dirs(root) if class_root != root and name not in ("train", *VAL_DIR_NAMES)]
     classes = _class_dirs(class_root)
+    notes += _check_class_names(class_root, classes)
     if len(classes) < 2:
         loose = VisibleImageFolder(class_root.parent, classes=[class_root.name]) if not classes else None
         found = f"found 1 class folder ({classes[0]}/)" if classes else "found no class folders"
@@ -171,6 +208,7 @@ def scan_image_folder(root, bad_images: str = "fail", check_images: bool = True)
     val = None
     if val_dir is not None:
         val_classes = _class_dirs(val_dir)
+        _check_class_names(val_dir, val_classes, case=False)  # val/ classes are train/'s (checked above)
         unknown = sorted(set(val_classes) - set(classes))
         if unknown:
             raise FolderError(f"{val_dir} has class folders that train/ lacks: {_short_list(unknown)}. "

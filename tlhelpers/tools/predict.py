@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from torch import nn
 
 from tlhelpers.tools.fileio import write_text_atomic
 
-__all__ = ["Prediction", "PredictError", "check_image_paths", "load_images", "predict_images",
+__all__ = ["Prediction", "PredictError", "check_device", "check_image_paths", "load_images", "predict_images",
            "format_predictions", "main", "run_in_fresh_process"]
 
 #: Exit status for bad input (the same as argparse uses for bad arguments).
@@ -61,13 +62,24 @@ class Prediction:
 
 
 def check_image_paths(paths) -> list[Path]:
-    """The paths as ``Path`` objects; ``PredictError`` naming the first missing file or folder (notebook 08)."""
+    """The paths as ``Path`` objects; ``PredictError`` naming the first that is not a regular file (notebook 08).
+
+    Only regular files are accepted: reading a FIFO (named pipe) or a device named ``x.jpg``
+    would wait forever.
+    """
     checked = []
     for path in map(Path, paths):
-        if not path.exists():
-            raise PredictError(f"image not found: {path}")
-        if path.is_dir():
+        try:
+            mode = path.stat().st_mode  # stat never opens the file, so it cannot block
+        except FileNotFoundError:
+            raise PredictError(f"image not found: {path}") from None
+        except OSError as err:
+            raise PredictError(f"cannot read image {path} ({err.strerror or err})") from None
+        if stat.S_ISDIR(mode):
             raise PredictError(f"{path} is a folder, not an image file: pass the image files (e.g. {path}/*.jpg).")
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise PredictError(f"{path} is {kind}, not a regular file: pass image files only.")
         checked.append(path)
     return checked
 
@@ -82,10 +94,8 @@ def load_images(paths, meta: dict) -> torch.Tensor:
     for path in check_image_paths(paths):
         try:
             image = load_rgb(path)
-        except OSError as err:
-            cause = err.__cause__ or err
-            raise PredictError(f"cannot read image {path} ({type(cause).__name__}: {cause}); "
-                               "is it a JPEG/PNG picture? Replace it or leave it out.") from err
+        except OSError as err:  # load_rgb's ImageError names the file and says what to do
+            raise PredictError(str(err)) from err
         tensors.append(transform(image))
     return torch.stack(tensors)
 
@@ -141,6 +151,8 @@ def _load_model(checkpoint: Path, device: str):
         raise PredictError(f"checkpoint not found: {checkpoint}")
     if checkpoint.is_dir():
         raise PredictError(f"{checkpoint} is a folder, not an exported model file.")
+    if not checkpoint.is_file():  # a FIFO or a device: torch.load would wait forever
+        raise PredictError(f"{checkpoint} is not a regular file: pass the exported model file (.pt).")
     try:
         return load_exported(checkpoint, map_location=device)
     except (ValueError, KeyError, RuntimeError, OSError) as err:
@@ -150,15 +162,29 @@ def _load_model(checkpoint: Path, device: str):
         raise PredictError(message) from err
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str, option: str = "--device") -> torch.device:
+    """``torch.device(name)`` when this machine has that device, else a ``ValueError`` naming ``option`` (notebook 08).
+
+    The command lines (``predict``, ``train_folder``) call it before any slow step, so a missing
+    GPU is a one-line message rather than a traceback from deep inside PyTorch.
+    """
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise PredictError(f"--device {name}: not a device name ({err}); use cpu, cuda or mps.") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {name}: no CUDA GPU here; leave --device out to use the CPU.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictError(f"--device {name}: MPS is not available here; leave --device out to use the CPU.")
+        raise ValueError(f"{option} {name}: not a device name ({err}); use cpu, cuda or mps.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: there is no CUDA GPU on this machine (or PyTorch was installed "
+                             f"without CUDA support); leave {option} out to use what is here.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {name}: MPS (Apple GPU) is not available here; leave {option} out to use "
+                         "what is here.")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{option} {name}: the course runs on cpu, cuda or mps, not {device.type}.")
+    return device
 
 
 def _positive_int(text: str) -> int:
@@ -188,7 +214,10 @@ def main(argv=None) -> int:
     """The command line: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
     args = _parser().parse_args(argv)
     try:
-        _check_device(args.device)
+        try:
+            check_device(args.device)
+        except ValueError as err:
+            raise PredictError(str(err)) from None
         check_image_paths(args.images)  # cheap checks before loading the model
         model, meta = _load_model(args.checkpoint, args.device)
         predictions = predict_images(model, meta, args.images, k=args.top_k, batch_size=args.batch_size,

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -60,6 +61,7 @@ from tlhelpers.config import SEED, seed_everything
 from tlhelpers.finetune import FineTuneConfig, Phase, fine_tune
 from tlhelpers.pets import make_loaders
 from tlhelpers.tools.backbones import BACKBONES, PretrainedWeightsUnavailable, get_stages
+from tlhelpers.tools.export import ExportError
 from tlhelpers.tools.image_folder import FolderError, FolderScan, folder_splits, scan_image_folder, split_summary
 from tlhelpers.tools.images import default_num_workers
 from tlhelpers.training import DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions
@@ -74,6 +76,14 @@ _RECIPE = FineTuneConfig()
 FINETUNE_LR_FACTOR = _RECIPE.phases[1].max_lr / _RECIPE.phases[0].max_lr
 BALANCE_OPTIONS = (None, "loss", "sampler")
 EXIT_USAGE = 2
+#: Exit code when training stopped because the loss became NaN or infinite.
+EXIT_DIVERGED = 1
+#: Exit code after Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+
+class SettingError(ValueError):
+    """A setting that cannot work with this folder or on this machine; the message names it (notebook 09)."""
 
 
 @dataclass
@@ -92,11 +102,18 @@ class FolderConfig:
     out: Path | None = None           # export the model here (tools.export), or None
 
     def check(self) -> None:
-        """A ValueError naming the setting that cannot work, before any slow step."""
+        """A ``SettingError`` (a ValueError) naming the setting that cannot work, before any slow step."""
+        from tlhelpers.tools.predict import check_device
+
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone={self.backbone!r} is unknown; use one of {', '.join(BACKBONES)}.")
+            raise SettingError(f"backbone={self.backbone!r} is unknown; use one of {', '.join(BACKBONES)}.")
         if self.balance not in BALANCE_OPTIONS:
-            raise ValueError(f"balance={self.balance!r}: use None, 'loss' (weighted loss) or 'sampler'.")
+            raise SettingError(f"balance={self.balance!r}: use None, 'loss' (weighted loss) or 'sampler'.")
+        if self.device is not None:
+            try:
+                check_device(self.device)
+            except ValueError as err:  # e.g. --device cuda on a machine without a GPU
+                raise SettingError(str(err)) from None
 
 
 class WeightedLossClassifier(PretrainedClassifier):
@@ -161,6 +178,8 @@ class FolderRun:
     cfg: FineTuneConfig
     train_time_s: float
     path: Path | None = None
+    interrupted: bool = False          # Ctrl-C stopped training: the model is not finished
+    planned_epochs: list | None = None  # epochs per phase as run (min_steps can add some)
 
 
 def export_run(run: FolderRun, path) -> Path:
@@ -170,7 +189,8 @@ def export_run(run: FolderRun, path) -> Path:
     backbone = BACKBONES[run.model.backbone]
     settings = {**dataclasses.asdict(run.folder_cfg), "out": str(path), **dataclasses.asdict(run.cfg),
                 "opt_func": run.cfg.opt_func.__name__, "layout": run.scan.layout,
-                "train_images": len(run.train_ds), "valid_images": len(run.valid_ds), "epochs_run": len(run.history)}
+                "train_images": len(run.train_ds), "valid_images": len(run.valid_ds), "epochs_run": len(run.history),
+                "interrupted": run.interrupted}
     run.path = export_model(path, run.model, run.classes, run.folder_cfg.image_size, backbone=backbone.name,
                             mean=backbone.mean, std=backbone.std, metrics=run.metrics, training=settings)
     return run.path
@@ -180,7 +200,7 @@ def _check_phases(model, cfg: FineTuneConfig) -> None:
     stages = get_stages(model)
     for phase in cfg.phases:
         if phase.unfreeze is not None and not 0 <= phase.unfreeze <= len(stages):
-            raise ValueError(f"unfreeze={phase.unfreeze} (--unfreeze-stages): {model.backbone} has {len(stages)} "
+            raise SettingError(f"unfreeze={phase.unfreeze} (--unfreeze-stages): {model.backbone} has {len(stages)} "
                              f"stages ({', '.join(name for name, _ in stages)}); use 0..{len(stages)}, or None for all.")
 
 
@@ -208,18 +228,54 @@ def train_on_folder(root, folder_cfg: FolderConfig | None = None, cfg: FineTuneC
     start = time.perf_counter()
     history = fine_tune(model, DeviceDataLoader(train_dl, device), DeviceDataLoader(valid_dl, device), cfg)
     train_time = time.perf_counter() - start
+    planned = [max(phase.epochs, math.ceil(cfg.min_steps / len(train_dl))) for phase in cfg.phases]  # as fine_tune
+    if getattr(history, "interrupted", False):  # Ctrl-C: no final measurement, never the real --out
+        last = {key: history[-1][key] for key in ("val_loss", "val_acc") if key in history[-1]} if history else {}
+        run = FolderRun(model, history, {"last_epoch": last}, list(scan.classes), scan, train_ds, valid_ds,
+                        folder_cfg, cfg, train_time, interrupted=True, planned_epochs=planned)
+        if folder_cfg.out is not None and history:
+            export_run(run, interrupted_path(folder_cfg.out))
+        return run
     probs, labels = get_predictions(model, DeviceDataLoader(valid_dl, device))
     metrics = validation_metrics(probs, labels, scan.classes)
-    run = FolderRun(model, history, metrics, list(scan.classes), scan, train_ds, valid_ds, folder_cfg, cfg, train_time)
+    run = FolderRun(model, history, metrics, list(scan.classes), scan, train_ds, valid_ds, folder_cfg, cfg, train_time,
+                    planned_epochs=planned)
     if folder_cfg.out is not None:
         export_run(run, folder_cfg.out)
     return run
+
+
+def interrupted_path(out) -> Path:
+    """Where an interrupted run's model goes instead of ``out``: ``model.pt`` -> ``model.interrupted.pt`` (notebook 09)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.interrupted{out.suffix or '.pt'}")
+
+
+def progress(run: FolderRun) -> str:
+    """How far a run got, e.g. ``phase 1: 3 of 3 epochs, phase 2: 1 of 4 epochs`` (notebook 09)."""
+    done = [sum(1 for entry in run.history if entry.get("phase") == number)
+            for number in range(1, len(run.cfg.phases) + 1)]
+    planned = run.planned_epochs or [phase.epochs for phase in run.cfg.phases]
+    return ", ".join(f"phase {number}: {d} of {p} epochs" for number, (d, p) in enumerate(zip(done, planned), 1))
 
 
 # --- the command line ----------------------------------------------------------------------------
 
 class UsageError(Exception):
     """A mistake in the command line or its input: printed without a traceback, exit code 2."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training: printed without a traceback, exit code 130; ``--out`` was not written."""
+
+
+def _interrupted_message(run: FolderRun, out: Path) -> str:
+    where = (f"The model as it was after the last finished epoch is in {interrupted_path(out)} "
+             f"(validation accuracy then: {run.metrics['last_epoch']['val_acc']:.1%}); it is not the finished model."
+             if run.path is not None and "val_acc" in run.metrics["last_epoch"] else
+             "No epoch had finished, so no model was written.")
+    kept = f"{out} was left as it was" if out.exists() else f"{out} was not written"
+    return f"training interrupted (Ctrl-C) after {progress(run)}. {kept}. {where}"
 
 
 def _number(kind, low, low_ok=True, high=None):
@@ -229,6 +285,8 @@ def _number(kind, low, low_ok=True, high=None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not math.isfinite(value):  # float("inf"), float("nan") parse, and would train to NaN weights
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < low or (value == low and not low_ok) or (high is not None and value >= high):
             bounds = f"between {low} and {high}" if high is not None else f"{'at least' if low_ok else 'above'} {low}"
             raise argparse.ArgumentTypeError(f"{text} is not {bounds}")
@@ -331,10 +389,10 @@ def train(argv=None) -> FolderRun:
     start = time.perf_counter()
     try:
         run = train_on_folder(args.data_dir, folder_cfg, cfg)
-    except (FolderError, PretrainedWeightsUnavailable) as err:
+    except (FolderError, PretrainedWeightsUnavailable, SettingError) as err:  # not any ValueError: bugs stay loud
         raise UsageError(str(err)) from None
-    except ValueError as err:  # settings that do not fit the data, e.g. --unfreeze-stages too large
-        raise UsageError(str(err)) from None
+    if run.interrupted:
+        raise TrainingInterrupted(_interrupted_message(run, folder_cfg.out))
     print(f"\nValidation of {folder_cfg.backbone} on {len(run.valid_ds)} images ({run.scan.layout}, "
           f"{folder_cfg.image_size} px):\n{run.metrics['report']}")
     print(f"accuracy {run.metrics['val_acc']:.1%}, balanced accuracy {run.metrics['balanced_acc']:.1%}")
@@ -345,14 +403,38 @@ def train(argv=None) -> FolderRun:
     return run
 
 
+def _printable_output() -> None:
+    """File names that are not UTF-8 (e.g. a Latin-1 ``café``) print as ``caf\\xe9`` instead of crashing the print."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv=None) -> int:
-    """Command-line entry point; returns the exit code (notebook 09)."""
+    """Command-line entry point; returns the exit code (notebook 09).
+
+    0: trained and exported; 2: a mistake in the command line or the folder (nothing trained);
+    1: the loss became NaN or infinite (nothing written); 130: Ctrl-C (``--out`` never written).
+    """
     torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.tools.notebook)
+    _printable_output()
     try:
         train(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except FloatingPointError as err:  # the loop stopped on a NaN/inf loss: nothing is exported
+        print(f"error: {err}. Nothing was written.", file=sys.stderr)
+        return EXIT_DIVERGED
+    except ExportError as err:  # e.g. NaN weights: export_model refuses to write them
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as err:
+        print(f"\n{err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (scanning, measuring, writing)
+        print("\ninterrupted (Ctrl-C); no model was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
