@@ -55,8 +55,9 @@ from tlhelpers.tools.images import load_rgb
 __all__ = ["CACHE_VERSION", "load_square", "files_fingerprint", "cache_paths", "read_image_cache",
            "build_uint8_cache", "build_image_cache", "cache_build_seconds", "cached_pets_loaders", "images_per_second"]
 
-#: Bump when ``load_square`` changes, so that every existing cache is rebuilt.
-CACHE_VERSION = 1
+#: Bump when ``load_square`` changes, so that every existing cache is rebuilt. 2: ``load_rgb``
+#: applies EXIF orientation and scales 16-bit and float images.
+CACHE_VERSION = 2
 #: How ``load_square`` makes a square (recorded in the sidecar, for people reading it).
 SQUARE_METHOD = "short side resized to size (PIL bilinear, antialiased), centre square kept"
 
