@@ -13,6 +13,7 @@ import re
 import socket
 import tarfile
 import threading
+import urllib.parse
 import zipfile
 from collections import Counter
 from dataclasses import replace
@@ -36,6 +37,7 @@ from tlhelpers.tools.downloads import (
     verify_checksum,
 )
 
+MiB = 2**20
 PAYLOAD = b"pretend this is an archive of pet photos\n" * 2000  # ~80 kB: several reads, still instant
 FAST = dict(retries=3, timeout=5, progress=False, backoff=0.01)  # small back-off: tests stay fast
 
@@ -52,11 +54,15 @@ def md5(data_bytes: bytes) -> str:
 # A local HTTP server (127.0.0.1 only)
 # --------------------------------------------------------------------------------------------
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes: /files/<name>, /truncated/<name>, /flaky/<name> (500 first), /error/<code>."""
+    """Routes: /files/<name>, /truncated/<name>, /flaky/<name> (500 first), /error/<code>,
+    /endless/<n> (n zero bytes, no Content-Length), /liar/<n> (the same, announcing n)."""
 
     def do_GET(self):  # noqa: N802 (the name http.server expects)
         self.server.hits[self.path] += 1
-        route, _, name = self.path.lstrip("/").partition("/")
+        route, _, name = urllib.parse.unquote(self.path).lstrip("/").partition("/")
+        if route in ("endless", "liar"):
+            self._send_zeros(int(name), announce=(route == "liar"))
+            return
         if route == "error":
             self.send_error(int(name))
             return
@@ -78,6 +84,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.wfile.write(body)
 
+    def _send_zeros(self, total: int, announce: bool):
+        """``total`` zero bytes, without Content-Length (or announcing it), counted in ``server.sent``."""
+        self.send_response(200)
+        if announce:
+            self.send_header("Content-Length", str(total))
+        self.end_headers()
+        chunk = bytes(64 * 1024)
+        try:
+            while self.server.sent < total:
+                self.wfile.write(chunk)
+                self.server.sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client hung up: what a careful client does
+        self.close_connection = True
+
     def log_message(self, *args):  # keep test output quiet
         pass
 
@@ -87,6 +108,7 @@ class LocalServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.served = served
         self.httpd.hits = Counter()
+        self.httpd.sent = 0  # bytes sent by /endless and /liar
         self.served = served
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -289,6 +311,83 @@ def test_offline_error_says_what_to_do(tmp_path, closed_port_url):
     assert str(root / "pets.tgz") in message  # where to put a manual download
     assert closed_port_url in message and mirror in message  # every source tried
     assert "Last error:" in message and "refused" in message.lower()
+    assert leftovers(root) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile servers and URLs: downloads stop as soon as more bytes arrive than expected
+# --------------------------------------------------------------------------------------------
+def test_a_server_sending_too_much_is_cut_off(server, tmp_path):
+    root = tmp_path / "data"
+    expected = 2 * MiB
+    with pytest.raises(ChecksumError, match="sent more"):
+        download_url(f"{server.base}/endless/{64 * MiB}", root, filename="pets.tgz", size=expected, **FAST)
+    # The client hung up after about the expected size (socket buffers hold a few MiB more); it did
+    # not read the 64 MiB the server wanted to send.
+    assert server.httpd.sent < 24 * MiB, server.httpd.sent
+    assert leftovers(root) == []
+
+
+def test_a_too_big_content_length_is_refused_before_reading(server, tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(ChecksumError, match="announces"):
+        download_url(f"{server.base}/liar/{64 * MiB}", root, filename="pets.tgz", size=MiB, **FAST)
+    assert server.httpd.sent < 24 * MiB and leftovers(root) == []
+
+
+# --------------------------------------------------------------------------------------------
+# File names taken from URLs
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tail", ["files/", "files/?download=1", "files/..", "files/%2e%2e", "files/a%2F..%2F..%2Fx",
+                                  "files/.", "files/pets.tgz.part"])
+def test_a_url_without_a_usable_file_name_is_a_clear_error(server, tmp_path, tail):
+    root = tmp_path / "data"
+    url = f"{server.base}/{tail}"
+    with pytest.raises(ValueError, match="filename=") as info:
+        download_url(url, root, **FAST)
+    assert url in str(info.value) and "Pass a file name" in str(info.value)
+    assert sum(server.hits.values()) == 0  # refused before any request
+    assert leftovers(tmp_path) == ["served"]  # nothing written, inside or outside root
+
+
+@pytest.mark.parametrize("name", ["../pets.tgz", "sub/pets.tgz", "<absolute>", "..", ""])
+def test_a_filename_argument_with_folders_is_a_clear_error(server, tmp_path, name):
+    (server.served / "pets.tgz").write_bytes(b"x")
+    name = str(tmp_path / "elsewhere" / "pets.tgz") if name == "<absolute>" else name
+    with pytest.raises(ValueError, match="plain file name"):
+        download_url(f"{server.base}/files/pets.tgz", tmp_path / "data", filename=name, **FAST)
+    assert sum(server.hits.values()) == 0 and leftovers(tmp_path) == ["served"]
+
+
+def test_a_percent_encoded_url_name_is_decoded(server, tmp_path):
+    (server.served / "my pets.tgz").write_bytes(b"bytes")
+    path = download_url(f"{server.base}/files/my%20pets.tgz", tmp_path / "data", **FAST)
+    assert path == tmp_path / "data" / "my pets.tgz" and path.read_bytes() == b"bytes"
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C (the sweeping of .part files left by killed runs: test_hostile_inputs_data.py)
+# --------------------------------------------------------------------------------------------
+def test_ctrl_c_during_a_download_leaves_no_part_file(server, tmp_path, monkeypatch):
+    (server.served / "pets.tgz").write_bytes(b"x" * (3 * MiB))
+
+    class InterruptedBar:  # the progress bar is updated after each chunk is written: Ctrl-C there
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(downloads, "tqdm", InterruptedBar)
+    root = tmp_path / "data"
+    with pytest.raises(KeyboardInterrupt):
+        download_url(f"{server.base}/files/pets.tgz", root, **FAST)
     assert leftovers(root) == []
 
 
