@@ -191,3 +191,101 @@ def test_predict_images_raises_predict_error_naming_the_file(exported, tmp_path)
         predict.predict_images(model, meta, [tmp_path / "missing.png"])
     with pytest.raises(FileNotFoundError, match="No exported model"):
         load_exported(tmp_path / "missing.pt")
+
+
+# --- every metadata field is checked, before the model is built ----------------------------------
+
+def tampered(path, tmp_path, **changes):
+    """A copy of the export at ``path`` with some fields changed (as a damaged or hand-edited file would be)."""
+    payload = torch.load(path, weights_only=True)
+    bad = tmp_path / "tampered.pt"
+    torch.save({**payload, **changes}, bad)
+    return bad
+
+
+@pytest.mark.parametrize("changes, field, says", [
+    ({"classes": CLASSES + ["extra"], "num_classes": 4}, "classes", "4 names but the model's head has 3 outputs"),
+    ({"num_classes": 10**12}, "num_classes", "the number of class names, 3"),
+    ({"classes": ["a", "a", "b"]}, "classes", "'a' appear more than once"),
+    ({"image_size": 0}, "image_size", "whole number of pixels from 8 to 2048"),
+    ({"image_size": "64"}, "image_size", "is '64' (str)"),
+    ({"image_size": 10**6}, "image_size", "from 8 to 2048"),
+    ({"image_size": 64.0}, "image_size", "whole number"),
+    ({"std": [0.0, 0.2, 0.2]}, "std", "above 0"),
+    ({"std": [0.2, float("nan"), 0.2]}, "std", "3 finite numbers"),
+    ({"mean": [0.5]}, "mean", "3 finite numbers"),
+    ({"mean": "0.5 0.5 0.5"}, "mean", "3 finite numbers"),
+    ({"backbone": "resnet1000"}, "backbone", "one of resnet18"),
+])
+def test_export_metadata_is_checked_field_by_field(exported, capsys, tmp_path, changes, field, says):
+    model, path, images = exported
+    bad = tampered(path, tmp_path, **changes)
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}: the field '{field}'") as info:
+        load_exported(bad)
+    assert says in str(info.value)
+    code, out, err = run_main(capsys, bad, images[0])  # the command line: one line, exit 2, no traceback
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert f"the field '{field}'" in err and str(bad) in err
+
+
+def test_a_huge_class_list_is_refused_before_any_model_is_built(exported, tmp_path, monkeypatch):
+    from tlhelpers.tools import export
+
+    _, path, _ = exported
+    names = [f"class_{i}" for i in range(200_000)]  # a head for these would take 1 GB
+    bad = tampered(path, tmp_path, classes=names, num_classes=len(names))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError(f"a model with {args[1]} classes was built for a file that does not fit")
+
+    monkeypatch.setattr(export, "PretrainedClassifier", no_model)
+    with pytest.raises(ValueError, match="'classes' has 200000 names but the model's head has 3 outputs"):
+        load_exported(bad)
+
+
+def test_non_finite_weights_are_never_exported(exported, tmp_path):
+    model, path, _ = exported
+    broken = PretrainedClassifier("efficientnet_lite0", num_classes=len(CLASSES), pretrained=False)
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.network._fc.bias[1] = float("nan")
+    with pytest.raises(ValueError, match=r"weight 'network._fc.bias'.*NaN or infinite.*lower rate"):
+        export_model(tmp_path / "nan.pt", broken, CLASSES, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="'image_size' is '32'"):
+        export_model(tmp_path / "str.pt", model, CLASSES, "32")
+    assert not list(tmp_path.iterdir())  # nothing written, not even a .part file
+    bad = tampered(path, tmp_path, state_dict=broken.state_dict())  # an export from before this check
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_exported(bad)
+
+
+# --- only regular files; names that are not UTF-8 ------------------------------------------------
+
+def test_a_fifo_named_jpg_is_refused_instead_of_waiting_forever(exported, tmp_path):
+    import os
+    import subprocess
+
+    _, path, images = exported
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(predict.PredictError, match=r"photo\.jpg is a FIFO \(named pipe\), not a regular file"):
+        predict.check_image_paths([images[0], fifo])
+    try:
+        result = predict.run_in_fresh_process(path, [images[0], fifo], timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("predict waited on a FIFO")
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "photo.jpg is a FIFO" in result.stderr
+
+
+def test_image_names_that_are_not_utf8_are_printed_escaped(exported, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    _, path, images = exported
+    latin1 = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jpg")  # "café.jpg" written by a Latin-1 system
+    shutil.copy(images[0], latin1)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # a strict terminal: surrogates cannot be printed as such
+    result = predict.run_in_fresh_process(path, [latin1], "--top-k", "1")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines()[0] == str(tmp_path / "caf\\udce9.jpg")  # Python's escape of that byte

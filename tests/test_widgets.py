@@ -1,5 +1,6 @@
 """Tests for tlhelpers.tools.widgets: interactive touches that degrade to plain output outside a live Jupyter."""
 import base64
+import io
 
 import matplotlib
 
@@ -7,6 +8,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tlhelpers.tools import widgets  # noqa: E402
 
@@ -74,15 +76,39 @@ class FakeUpload:
         self.value = value
 
 
+def image_bytes(fmt: str, mode: str = "RGB", size=(8, 6), colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def test_uploaded_image_saves_the_file_and_keeps_only_its_name(tmp_path):
     assert widgets.uploaded_image(None) is None
     assert widgets.uploaded_image(FakeUpload(()), folder=tmp_path) is None
-    v8 = FakeUpload(({"name": "../../my cat.jpg", "content": memoryview(b"jpeg bytes"), "type": "image/jpeg"},))
+    jpeg, png = image_bytes("JPEG"), image_bytes("PNG")
+    v8 = FakeUpload(({"name": "../../my cat.jpg", "content": memoryview(jpeg), "type": "image/jpeg"},))
     path = widgets.uploaded_image(v8, folder=tmp_path)
-    assert path == tmp_path / "my cat.jpg" and path.read_bytes() == b"jpeg bytes"
-    v7 = FakeUpload({"dog.png": {"metadata": {}, "content": b"png bytes"}})
-    assert widgets.uploaded_image(v7, folder=tmp_path).read_bytes() == b"png bytes"
+    assert path == tmp_path / "my cat.jpg" and path.read_bytes() == jpeg
+    v7 = FakeUpload({"dog.png": {"metadata": {}, "content": png}})
+    assert widgets.uploaded_image(v7, folder=tmp_path).read_bytes() == png
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_upload_is_read_with_the_course_loader_before_it_is_saved(tmp_path, monkeypatch):
+    """Not an image, or more pixels than the course's limit: an error naming the upload, nothing saved."""
+    from tlhelpers.tools import images
+
+    text = FakeUpload(({"name": "notes.jpg", "content": b"not a picture", "type": "image/jpeg"},))
+    with pytest.raises(OSError, match="upload notes.jpg.*Delete or replace"):
+        widgets.uploaded_image(text, folder=tmp_path)
+    big = FakeUpload(({"name": "big.png", "content": image_bytes("PNG", size=(20, 10)), "type": "image/png"},))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 199)
+    with pytest.raises(OSError, match=r"upload big.png.*20 x 10 = 200 pixels.*MAX_IMAGE_PIXELS"):
+        widgets.uploaded_image(big, folder=tmp_path)
+    assert not list(tmp_path.iterdir())
+    sixteen = FakeUpload(({"name": "scan.png", "content": image_bytes("PNG", "I;16", colour=65535),
+                           "type": "image/png"},))
+    assert widgets.uploaded_image(sixteen, folder=tmp_path) == tmp_path / "scan.png"  # 16-bit: readable
 
 
 def test_image_upload_without_widgets_says_what_to_do(capsys):

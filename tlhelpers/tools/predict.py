@@ -31,7 +31,7 @@ from torch import nn
 
 from tlhelpers.tools.fileio import write_text_atomic
 
-__all__ = ["Prediction", "PredictError", "check_device", "check_image_paths", "load_images", "predict_images",
+__all__ = ["Prediction", "PredictError", "check_device", "check_image_paths", "printable_output", "load_images", "predict_images",
            "format_predictions", "main", "run_in_fresh_process"]
 
 #: Exit status for bad input (the same as argparse uses for bad arguments).
@@ -187,6 +187,17 @@ def check_device(name: str, option: str = "--device") -> torch.device:
     return device
 
 
+def printable_output() -> None:
+    """Command lines: a file name that is not UTF-8 (a Latin-1 ``café``) prints as ``caf\\udce9`` instead of failing.
+
+    Python reads such bytes as "surrogate" characters, which a strict UTF-8 output (e.g.
+    ``PYTHONIOENCODING=utf-8``) refuses to print; ``backslashreplace`` prints them as escapes.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -212,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """The command line: ``python -m tlhelpers.tools.predict CHECKPOINT IMAGE... [--top-k 5]`` (notebook 08)."""
+    printable_output()
     args = _parser().parse_args(argv)
     try:
         try:

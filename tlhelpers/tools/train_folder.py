@@ -62,6 +62,7 @@ from tlhelpers.finetune import FineTuneConfig, Phase, fine_tune
 from tlhelpers.pets import make_loaders
 from tlhelpers.tools.backbones import BACKBONES, PretrainedWeightsUnavailable, get_stages
 from tlhelpers.tools.export import ExportError
+from tlhelpers.tools.predict import check_device, printable_output
 from tlhelpers.tools.image_folder import FolderError, FolderScan, folder_splits, scan_image_folder, split_summary
 from tlhelpers.tools.images import default_num_workers
 from tlhelpers.training import DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions
@@ -103,8 +104,6 @@ class FolderConfig:
 
     def check(self) -> None:
         """A ``SettingError`` (a ValueError) naming the setting that cannot work, before any slow step."""
-        from tlhelpers.tools.predict import check_device
-
         if self.backbone not in BACKBONES:
             raise SettingError(f"backbone={self.backbone!r} is unknown; use one of {', '.join(BACKBONES)}.")
         if self.balance not in BALANCE_OPTIONS:
@@ -403,13 +402,6 @@ def train(argv=None) -> FolderRun:
     return run
 
 
-def _printable_output() -> None:
-    """File names that are not UTF-8 (e.g. a Latin-1 ``café``) print as ``caf\\xe9`` instead of crashing the print."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-
-
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit code (notebook 09).
 
@@ -417,7 +409,7 @@ def main(argv=None) -> int:
     1: the loss became NaN or infinite (nothing written); 130: Ctrl-C (``--out`` never written).
     """
     torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.tools.notebook)
-    _printable_output()
+    printable_output()
     try:
         train(argv)
     except UsageError as err:

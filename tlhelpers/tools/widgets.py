@@ -177,11 +177,15 @@ def image_upload(on_image=None, description: str = "Upload image"):
     output = ipywidgets.Output()
 
     def on_change(change):
-        path = uploaded_image(upload)
-        if path is None or on_image is None:
-            return
         with output:
             output.clear_output(wait=True)
+            try:
+                path = uploaded_image(upload)
+            except OSError as err:  # not an image the course can read: say why, keep the button alive
+                print(err)
+                return
+            if path is None or on_image is None:
+                return
             try:
                 result = on_image(path)
             except Exception as err:  # noqa: BLE001 - show the reader what went wrong, keep the button alive
@@ -207,7 +211,10 @@ def uploaded_image(upload, folder=None) -> Path | None:
     """Save the last uploaded file to ``folder`` (default ``<data_dir>/uploads``) and return its path (notebook 08).
 
     ``None`` when ``upload`` is ``None`` (no widgets) or nothing was uploaded yet: use your
-    default path then, ``uploaded_image(upload) or default_path``.
+    default path then, ``uploaded_image(upload) or default_path``. The upload is first read with
+    ``tlhelpers.tools.images.load_rgb``, the course's one image loader: a file it cannot use (not an
+    image, too many pixels, odd pixel values) raises its ``ImageError`` naming the file, and
+    nothing is saved.
     """
     if upload is None:
         return None
@@ -216,7 +223,10 @@ def uploaded_image(upload, folder=None) -> Path | None:
         return None
     from tlhelpers import config
 
+    from tlhelpers.tools.images import load_rgb
+
     name, content = files[-1]
+    load_rgb(io.BytesIO(content), name=f"upload {name}")  # refuse what the course cannot read, before saving
     folder = Path(folder) if folder is not None else config.data_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (Path(name).name or "upload")  # keep only the file name: no "../" from a browser
