@@ -336,7 +336,7 @@ def _check_filename(url: str, filename: str | None, root: Path) -> str:
     if not name:
         why = "is empty"
     elif name in (".", ".."):
-        why = f"is {name!r}, a folder"
+        why = "names a folder, not a file"
     elif any(c in name for c in "/\\\0") or _is_absolute(name):
         why = "holds a folder separator"
     elif name.endswith(".part"):
@@ -586,7 +586,10 @@ _BLOCK = 4096  # what one file costs on the disk at least
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    """A size for people: GiB, MiB or bytes."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _check_size(archive: Path, dest: Path, total: int, count: int, max_bytes: int | None,
