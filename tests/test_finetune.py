@@ -295,3 +295,48 @@ def test_fine_tune_stops_after_an_interrupted_phase():
     cfg = FineTuneConfig([Phase(2, 1e-3), Phase(2, 1e-3)])
     history = fine_tune(TinyNet(), InterruptingLoader(train_dl, stop_at=4), valid_dl, cfg)
     assert [h["phase"] for h in history] == [1]
+
+
+# --- the guards, the cap and the interrupt flag ---------------------------------------------------
+
+@pytest.mark.parametrize("max_lr", [float("inf"), float("nan"), 0, -1e-3])
+def test_fit_one_cycle_refuses_a_bad_max_lr(max_lr):
+    train_dl, valid_dl = loaders()
+    with pytest.raises(ValueError, match=r"^max_lr must be a finite number > 0, got "):
+        fit_one_cycle(1, max_lr, TinyNet(), train_dl, valid_dl)
+    with pytest.raises(ValueError, match="max_lr must be a finite number > 0"):
+        fine_tune(TinyNet(), train_dl, valid_dl, FineTuneConfig([Phase(1, max_lr)]))
+
+
+def test_fit_one_cycle_stops_at_a_non_finite_loss():
+    images, labels = blobs(64)
+    images[8:16] = float("inf")  # batch 2 of every epoch
+    train_dl = DataLoader(TensorDataset(images, labels), 8)
+    model = TinyNet()
+    with pytest.raises(FloatingPointError,
+                       match=r"^training loss is (nan|inf) in epoch 0, step 2: lower the learning rate \(max_lr\)"):
+        fit_one_cycle(2, 0.1, model, train_dl, loaders()[1], grad_clip=0.1)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_max_steps_caps_each_epoch_and_the_schedule_fits_the_cap():
+    train_dl, valid_dl = loaders()  # 8 steps per epoch
+    history = fit_one_cycle(3, 0.1, TinyNet(), train_dl, valid_dl, max_steps=2)
+    lrs = [lr for h in history for lr in h["lrs"]]
+    assert len(history) == 3 and [len(h["lrs"]) for h in history] == [2, 2, 2]
+    assert max(lrs) == pytest.approx(0.1, rel=0.05)  # the peak is reached within the capped steps
+    assert lrs[-1] < 0.1 / 25  # and the cycle ends annealed, as an uncapped run would
+    history = fine_tune(TinyNet(), train_dl, valid_dl, FineTuneConfig([Phase(1, 1e-3), Phase(2, 1e-3)], max_steps=1))
+    assert [len(h["lrs"]) for h in history] == [1, 1, 1]
+
+
+def test_an_interrupted_run_says_so():
+    train_dl, valid_dl = loaders()
+    finished = fit_one_cycle(1, 0.1, TinyNet(), train_dl, valid_dl)
+    assert len(finished) == 1 and finished.interrupted is False
+    cut = fit_one_cycle(2, 0.1, TinyNet(), InterruptingLoader(train_dl, stop_at=10), valid_dl)
+    assert len(cut) == 1 and cut.interrupted is True
+    cfg = FineTuneConfig([Phase(1, 1e-3), Phase(1, 1e-3)])
+    assert fine_tune(TinyNet(), train_dl, valid_dl, cfg).interrupted is False
+    cut = fine_tune(TinyNet(), InterruptingLoader(train_dl, stop_at=10), valid_dl, cfg)
+    assert [h["phase"] for h in cut] == [1] and cut.interrupted is True

@@ -1,5 +1,7 @@
 """tlhelpers.training (notebook 05): accuracy, ImageClassificationBase, PretrainedClassifier, evaluate, fit,
 get_predictions. Tiny synthetic data and models: seconds on a CPU."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,3 +162,68 @@ def test_pretrained_classifier_freeze_and_unfreeze():
     assert trainable() == 512 * 4 + 4 + sum(p.numel() for p in model.network.layer4.parameters())
     model.unfreeze()
     assert trainable() == total
+
+
+# --- the guards and the cap of the loop ---------------------------------------------------------
+
+class CountingLoader:
+    """A DataLoader stand-in that counts the batches it hands out."""
+
+    def __init__(self, dl):
+        self.dl, self.served = dl, 0
+
+    def __len__(self):
+        return len(self.dl)
+
+    def __iter__(self):
+        for batch in self.dl:
+            self.served += 1
+            yield batch
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), 0, -0.1, "0.1", None, True])
+def test_fit_refuses_a_learning_rate_that_is_not_finite_and_positive(lr):
+    train_dl, valid_dl = loaders()
+    model = TinyNet()
+    before = model.net[1].weight.detach().clone()
+    with pytest.raises(ValueError, match=r"^lr must be a finite number > 0, got "):
+        fit(1, lr, model, train_dl, valid_dl)
+    assert torch.equal(model.net[1].weight, before)
+
+
+def test_fit_stops_at_the_first_non_finite_loss_naming_epoch_and_step():
+    images, labels = blobs(64, seed=0)
+    images[40:48] = float("nan")  # batch 6 of 8
+    train_dl = DataLoader(TensorDataset(images, labels), 8)
+    model = TinyNet()
+    with pytest.raises(FloatingPointError) as error:
+        fit(3, 0.1, model, train_dl, loaders()[1])
+    assert str(error.value) == ("training loss is nan in epoch 0, step 6: "
+                                "lower the learning rate (lr) or check the data")
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step was never taken
+
+
+def test_max_steps_caps_training_evaluation_and_predictions(capsys):
+    train_dl, valid_dl = (CountingLoader(dl) for dl in loaders())  # 8 and 4 batches
+    history = fit(2, 0.1, TinyNet(), train_dl, valid_dl, max_steps=3)
+    assert len(history) == 2 and train_dl.served == 2 * 3 and valid_dl.served == 2 * 3
+    valid_dl.served = 0
+    assert evaluate(TinyNet(), valid_dl, max_steps=2) and valid_dl.served == 2
+    probs, labels = get_predictions(TinyNet(), valid_dl, max_steps=2)
+    assert probs.shape == (16, 2) and torch.equal(labels, blobs(30, seed=1)[1][:16])
+    fit(1, 0.1, TinyNet(), train_dl, valid_dl, max_steps=None)
+    assert train_dl.served == 2 * 3 + 8  # None: every batch
+
+
+def test_the_cap_comes_from_tlh_max_steps(monkeypatch):
+    from tlhelpers import config
+    monkeypatch.setenv("TLH_MAX_STEPS", "2")
+    assert config._positive_int("TLH_MAX_STEPS") == 2
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv("TLH_MAX_STEPS", bad)
+        with pytest.raises(ValueError, match="TLH_MAX_STEPS"):
+            config._positive_int("TLH_MAX_STEPS")
+    monkeypatch.setenv("TLH_MAX_STEPS", "")
+    assert config._positive_int("TLH_MAX_STEPS") is None
+    for loop in (fit, evaluate, get_predictions):  # the loops' default is the setting
+        assert inspect.signature(loop).parameters["max_steps"].default is config.MAX_STEPS

@@ -4,6 +4,12 @@
   few epochs, small images. Full mode (real data, real sizes) is the default.
 - ``TLH_DATA_DIR`` sets the data folder (default: ``data/`` in the repository, or ``./data``
   when the package is installed without the repository, as on Colab).
+- ``TLH_PETS_DIR`` points the course at an Oxford-IIIT Pet folder you already have (``images/``,
+  ``annotations/`` optional) or at its downloaded archive: used in every mode, never downloaded
+  again, never written to.
+- ``TLH_MAX_STEPS`` caps the batches of every epoch (training, validation, predictions) in the
+  course's loops, and ``TLH_MAX_BATCH_SIZE`` the images per batch of its loaders: the capped test
+  run of full mode (``scripts/run_course.sh --smoke``) sets both.
 """
 from __future__ import annotations
 
@@ -42,6 +48,20 @@ def _flag(name: str, default: bool = False) -> bool:
     raise ValueError(f"{name}={raw!r} is not understood: use 1 (on) or 0 (off).")
 
 
+def _positive_int(name: str) -> int | None:
+    """Read a whole number >= 1 from the environment; unset or empty means None (no limit)."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} is not understood: use a whole number >= 1, or leave it unset.")
+    return value
+
+
 def _find_repo_root() -> Path | None:
     here = Path(__file__).resolve().parent.parent
     return here if (here / "pyproject.toml").exists() and (here / "notebooks").is_dir() else None
@@ -77,6 +97,14 @@ DATA_DIR: Path = data_dir()                              # TLH_DATA_DIR
 OFFLINE: bool = _flag("TLH_OFFLINE", default=False)      # never download torchvision weights
 NO_WIDGETS: bool = _flag("TLH_NO_WIDGETS", default=False)  # plain figures instead of ipywidgets
 CIFAR10_DIR: str | None = os.environ.get("TLH_CIFAR10_DIR") or None  # a CIFAR-10 image folder or .zip
+PETS_DIR: str | None = os.environ.get("TLH_PETS_DIR") or None  # an Oxford-IIIT Pet folder (images/) or archive
+MAX_STEPS: int | None = _positive_int("TLH_MAX_STEPS")   # batches per epoch at most (None: all of them)
+MAX_BATCH_SIZE: int | None = _positive_int("TLH_MAX_BATCH_SIZE")  # images per batch at most (None: as asked)
+
+
+def capped_batch_size(batch_size: int) -> int:
+    """``batch_size``, or ``MAX_BATCH_SIZE`` when that is smaller: the capped test run's small batches."""
+    return batch_size if MAX_BATCH_SIZE is None else min(batch_size, MAX_BATCH_SIZE)
 
 
 def seed_everything(seed: int = SEED) -> int:

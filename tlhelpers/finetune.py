@@ -13,13 +13,15 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from torch import nn
 
+from tlhelpers import config
 from tlhelpers.tools.backbones import get_stages
 from tlhelpers.tools.fileio import atomic_path
-from tlhelpers.training import evaluate
+from tlhelpers.training import check_loss, check_lr, evaluate
 
 
 def get_lr(optimizer):
@@ -41,25 +43,33 @@ def stage_param_groups(model, max_lr, lr_ratio=100):
     return [g for g in groups if g["params"]]
 
 
+class History(list):
+    """The results of a run, one dict per epoch; `interrupted` is True when Ctrl-C cut it short (notebook 06)."""
+    interrupted = False
+
+
 def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=0, grad_clip=None,
-                  opt_func=torch.optim.SGD, param_groups=None, amp=False, restore_best=False, checkpoint=None):
+                  opt_func=torch.optim.SGD, param_groups=None, amp=False, restore_best=False, checkpoint=None,
+                  max_steps=config.MAX_STEPS):
     """fit_one_cycle grown: per-group rates, mixed precision, best weights kept, Ctrl-C safe (notebook 06)."""
+    check_lr(max_lr, "max_lr")
     optimizer = opt_func(param_groups or model.parameters(), max_lr, weight_decay=weight_decay)
     peak_lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own maximum
-    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, peak_lrs, epochs=epochs,
-                                                steps_per_epoch=len(train_loader))
+    steps = len(train_loader) if max_steps is None else min(len(train_loader), max_steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, peak_lrs, epochs=epochs, steps_per_epoch=steps)
     device_type = next(model.parameters()).device.type
     dtype = torch.bfloat16 if device_type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(enabled=amp and dtype == torch.float16)  # float16 needs loss scaling
-    history, best = [], None
+    history, best = History(), None
     try:
         for epoch in range(epochs):
             start = time.perf_counter()
             model.train()
             train_losses, lrs = [], []
-            for batch in train_loader:
+            for step, batch in enumerate(islice(train_loader, steps), start=1):
                 with torch.autocast(device_type, dtype, enabled=amp):
                     loss = model.training_step(batch)
+                check_loss(loss, epoch, step, "max_lr")
                 train_losses.append(loss.detach())
                 scaler.scale(loss).backward()
                 if grad_clip:
@@ -71,7 +81,7 @@ def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=
                 lrs.append(get_lr(optimizer))
                 sched.step()
             with torch.autocast(device_type, dtype, enabled=amp):
-                result = evaluate(model, val_loader)
+                result = evaluate(model, val_loader, max_steps)
             result["train_loss"] = torch.stack(train_losses).float().mean().item()
             result["lrs"], result["epoch_time"] = lrs, time.perf_counter() - start
             model.epoch_end(epoch, result)
@@ -82,6 +92,7 @@ def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=
                     with atomic_path(checkpoint) as part:  # a crash never leaves half a file
                         torch.save(best[1], part)
     except KeyboardInterrupt:  # Ctrl-C, or "interrupt the kernel": keep what was learned
+        history.interrupted = True
         print(f"Interrupted in epoch {len(history) + 1} of {epochs}; returning the finished epochs.")
     if restore_best and best is not None:
         model.load_state_dict(best[1])
@@ -107,12 +118,13 @@ class FineTuneConfig:
     min_steps: int = 0                # a phase runs at least this many optimizer steps (small data sets)
     amp: bool = False                 # mixed precision (worth it on a GPU)
     restore_best: bool = False        # end each phase with its best weights (by validation loss)
+    max_steps: int | None = config.MAX_STEPS  # batches per epoch at most (None: all of them)
 
 
 def fine_tune(model, train_dl, valid_dl, cfg=None):
-    """Fine-tune a pretrained classifier phase by phase; one history for all phases (notebook 06)."""
+    """Fine-tune a pretrained classifier phase by phase; one History for all phases (notebook 06)."""
     cfg = cfg or FineTuneConfig()
-    history = []
+    history = History()
     for number, phase in enumerate(cfg.phases, start=1):
         if hasattr(model, "unfreeze"):
             model.unfreeze(phase.unfreeze)
@@ -123,8 +135,9 @@ def fine_tune(model, train_dl, valid_dl, cfg=None):
         print(f"Phase {number}: {what}, {epochs} epochs, max_lr {phase.max_lr:g}")
         phase_history = fit_one_cycle(epochs, phase.max_lr, model, train_dl, valid_dl,
                                       cfg.weight_decay, cfg.grad_clip, cfg.opt_func, groups,
-                                      amp=cfg.amp, restore_best=cfg.restore_best)
+                                      amp=cfg.amp, restore_best=cfg.restore_best, max_steps=cfg.max_steps)
         history += [{**result, "phase": number} for result in phase_history]
-        if len(phase_history) < epochs:  # interrupted: stop here
+        if phase_history.interrupted:  # Ctrl-C: stop here, and tell the caller
+            history.interrupted = True
             break
     return history

@@ -10,12 +10,16 @@ from __future__ import annotations
 # --- Defined in notebooks/05_gpu_utils_and_training_loop.ipynb ------------------------------
 
 
+import math
+import numbers
 import time
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlhelpers import config
 from tlhelpers.models import BACKBONES, create_model, freeze_backbone, keep_bn_statistics, unfreeze
 
 
@@ -105,28 +109,43 @@ class PretrainedClassifier(ImageClassificationBase):
 
 
 @torch.no_grad()
-def evaluate(model, val_loader):
-    """Validation loss and accuracy over a whole loader, in eval mode, without gradients (notebook 05)."""
+def evaluate(model, val_loader, max_steps=config.MAX_STEPS):
+    """Validation loss and accuracy over a loader (at most `max_steps` batches), in eval mode, without gradients (notebook 05)."""
     model.eval()
-    outputs = [model.validation_step(batch) for batch in val_loader]
+    outputs = [model.validation_step(batch) for batch in islice(val_loader, max_steps)]
     return model.validation_epoch_end(outputs)
 
 
-def fit(epochs, lr, model, train_loader, val_loader, opt_func=torch.optim.SGD):
-    """Train with a constant learning rate; one history entry per epoch (notebook 05)."""
+def check_lr(value, name="lr"):
+    """Refuse a learning rate that is not a finite number > 0 (notebook 05)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def check_loss(loss, epoch, step, lr_name="lr"):
+    """Stop at the first training loss that is inf or nan; `epoch` as printed by epoch_end, `step` from 1 (notebook 05)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss.item()} in epoch {epoch}, step {step}: "
+                                 f"lower the learning rate ({lr_name}) or check the data")
+
+
+def fit(epochs, lr, model, train_loader, val_loader, opt_func=torch.optim.SGD, max_steps=config.MAX_STEPS):
+    """Train with a constant learning rate, at most `max_steps` batches an epoch; one history entry per epoch (notebook 05)."""
+    check_lr(lr, "lr")
     history = []
     optimizer = opt_func(model.parameters(), lr)
     for epoch in range(epochs):
         start = time.perf_counter()
         model.train()
         train_losses = []
-        for batch in train_loader:
+        for step, batch in enumerate(islice(train_loader, max_steps), start=1):
             loss = model.training_step(batch)
+            check_loss(loss, epoch, step, "lr")
             train_losses.append(loss.detach())
             loss.backward()        # gradients of the loss for every trainable weight
             optimizer.step()       # one step against the gradients
             optimizer.zero_grad()  # PyTorch adds gradients up: clear them for the next batch
-        result = evaluate(model, val_loader)
+        result = evaluate(model, val_loader, max_steps)
         result["train_loss"] = torch.stack(train_losses).mean().item()
         result["epoch_time"] = time.perf_counter() - start
         model.epoch_end(epoch, result)
@@ -135,11 +154,11 @@ def fit(epochs, lr, model, train_loader, val_loader, opt_func=torch.optim.SGD):
 
 
 @torch.no_grad()
-def get_predictions(model, loader):
-    """Softmax probabilities and labels of every image in a loader, on the CPU (notebook 05)."""
+def get_predictions(model, loader, max_steps=config.MAX_STEPS):
+    """Softmax probabilities and labels of the images in a loader (at most `max_steps` batches), on the CPU (notebook 05)."""
     model.eval()
     probs, labels = [], []
-    for images, targets in loader:
+    for images, targets in islice(loader, max_steps):
         probs.append(model(images).float().softmax(dim=1).cpu())
         labels.append(targets.cpu())
     return torch.cat(probs), torch.cat(labels)
