@@ -1,5 +1,7 @@
 """tlhelpers.tools.image_folder: layouts, checks with clear errors, the split, the ImageFolder datasets."""
+import os
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -174,6 +176,38 @@ def test_skipping_every_image_of_a_class_is_an_error(own_flat):
         path.write_bytes(b"broken")
     with pytest.raises(FolderError, match="no images left to train on: fox/"):
         scan_image_folder(own_flat, bad_images="skip")
+
+
+def test_a_class_folder_named_in_another_encoding_is_named_in_the_error(own_flat):
+    """A folder "café" written as Latin-1 bytes (b"caf\\xe9"): a FolderError naming the folder and the class."""
+    os.rename(own_flat / "fox", os.fsencode(own_flat) + b"/caf\xe9")
+    with pytest.raises(FolderError) as info:
+        scan_image_folder(own_flat)
+    message = str(info.value)
+    assert message.startswith(f"{own_flat}: the class folder 'caf\\xe9'") and "not UTF-8" in message
+    assert "rename the folder, e.g. to 'café'" in message
+    message.encode("utf-8")  # the message itself prints anywhere
+
+
+def test_files_that_are_not_regular_files_are_listed_not_waited_on(own_flat):
+    fifo = own_flat / "dog" / "pipe.jpg"
+    os.mkfifo(fifo)
+    # reading a FIFO waits for a writer: if the scan still waits after 20 s, be that writer and release it
+    release = threading.Timer(20, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    release.start()
+    try:
+        with pytest.raises(FolderError, match=r"1 unreadable image.*pipe\.jpg \(a FIFO \(named pipe\), not a regular file\)"):
+            scan_image_folder(own_flat)
+    finally:
+        release.cancel()
+
+
+def test_class_folders_that_differ_only_in_case_get_a_warning(own_flat):
+    shutil.copytree(own_flat / "cat", own_flat / "Cat")
+    with pytest.warns(UserWarning, match="class folders Cat/ and cat/ differ only in upper/lower case"):
+        scan = scan_image_folder(own_flat)
+    assert scan.classes == ["Cat", "cat", "dog", "fox"]  # still two classes, as ImageFolder makes them
+    assert any("Cat/ and cat/" in note for note in scan.notes)  # also in split_summary's notes
 
 
 # --- the split -----------------------------------------------------------------------------

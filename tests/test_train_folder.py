@@ -1,4 +1,5 @@
 """tlhelpers.tools.train_folder: the recipe's settings, imbalance, metrics, and the command line end to end."""
+import dataclasses
 import json
 import os
 import re
@@ -285,3 +286,135 @@ def test_bad_arguments_exit_2(capsys, photos, tmp_path):
     err = capsys.readouterr().err
     assert "1.5 is not between 0 and 1" in err and "-1 is not at least 0" in err
     assert "invalid choice: 'ignore'" in err and "0 is not above 0" in err
+
+
+# --- issue: bad rates, missing devices, odd folder names, interrupted and diverged runs -------------
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"),
+                                         ("--lr", "-0.001"), ("--finetune-lr", "nan"), ("--weight-decay", "inf")])
+def test_learning_rates_must_be_finite_and_positive(capsys, flag, value):
+    with pytest.raises(SystemExit) as info:  # argparse: usage, a message naming the flag, exit 2
+        parse(flag, value)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {value} is not" in err and ("finite" in err or "above 0" in err)
+    with pytest.raises(SystemExit):
+        parse("--lr", "inf")
+    assert "argument --lr: inf is not a finite number" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_a_usage_error(capsys, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    for device in ("cuda", "cuda:1"):
+        err = cli_error(capsys, photos, *FAST, "--device", device, "--out", tmp_path / "m.pt")
+        assert f"--device {device}: there is no CUDA GPU on this machine" in err and "Traceback" not in err
+    err = cli_error(capsys, photos, *FAST, "--device", "gpu0", "--out", tmp_path / "m.pt")
+    assert "--device gpu0: not a device name" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_in_a_fresh_process(photos, tmp_path):
+    result = run_cli(photos, *FAST, "--device", "cuda", "--out", tmp_path / "m.pt", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --device cuda: there is no CUDA GPU on this machine (or PyTorch was installed without CUDA "
+        "support); leave --device out to use what is here."]
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_named(own_photos, tmp_path, monkeypatch):
+    os.rename(own_photos / "cat", os.fsencode(own_photos) + b"/caf\xe9")  # "café" from a Latin-1 system
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # a strict terminal, as on many systems
+    result = run_cli(own_photos, *FAST, "--out", tmp_path / "m.pt", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {own_photos}: the class folder 'caf\\xe9' has a name that is not UTF-8" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_bug_is_not_reported_as_a_usage_error(photos, tmp_path, monkeypatch):
+    def broken_fine_tune(*args, **kwargs):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(train_folder, "fine_tune", broken_fine_tune)
+    with pytest.raises(ValueError, match="an internal mistake"):  # a traceback, not "error: ..." and exit 2
+        train_folder.main([str(photos), *FAST, "--out", str(tmp_path / "m.pt")])
+
+
+def test_class_folders_differing_only_in_case_are_pointed_out(capsys, own_photos, tmp_path):
+    shutil.copytree(own_photos / "cat", own_photos / "Cat")
+    with pytest.warns(UserWarning, match="Cat/ and cat/"):
+        assert train_folder.main([str(own_photos), *FAST, "--out", str(tmp_path / "m.pt")]) == 0
+    assert "note: class folders Cat/ and cat/ differ only in upper/lower case" in capsys.readouterr().out
+
+
+class InterruptedHistory(list):
+    interrupted = True  # what fine_tune returns after Ctrl-C
+
+
+def test_interrupted_training_keeps_out_and_writes_a_partial_file(capsys, photos, tmp_path, monkeypatch, trained):
+    """Ctrl-C in phase 2 (made deterministic): exit 130, --out byte for byte as before, model.interrupted.pt."""
+    real_fine_tune = train_folder.fine_tune
+
+    def stopped_in_phase_2(model, train_dl, valid_dl, cfg):
+        first_phase_only = dataclasses.replace(cfg, phases=cfg.phases[:1])
+        return InterruptedHistory(real_fine_tune(model, train_dl, valid_dl, first_phase_only))
+
+    monkeypatch.setattr(train_folder, "fine_tune", stopped_in_phase_2)
+    out = tmp_path / "model.pt"
+    shutil.copy(trained.path, out)  # a good model from an earlier run
+    before = out.read_bytes()
+    assert train_folder.main([str(photos), *FAST, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert out.read_bytes() == before
+    partial = tmp_path / "model.interrupted.pt"
+    assert "training interrupted (Ctrl-C) after phase 1: 1 of 1 epochs, phase 2: 0 of 1 epochs" in err
+    assert f"{out} was left as it was" in err and str(partial) in err and "not the finished model" in err
+    model, meta = load_exported(partial)
+    assert meta["training"]["interrupted"] is True and meta["training"]["epochs_run"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.interrupted.pt", "model.pt"]
+
+
+def test_ctrl_c_in_a_fresh_process_exits_130_and_never_overwrites_out(photos, tmp_path, trained):
+    """SIGINT sent to the command line once its first epoch has finished."""
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "model.pt"
+    shutil.copy(trained.path, out)
+    before = out.read_bytes()
+    args = [*FAST, "--frozen-epochs", "500", "--epochs", "500"]  # far longer than the test waits
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tlhelpers.tools.train_folder", str(photos), *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Epoch ["):  # one epoch finished: training is under way
+                time.sleep(0.5)  # into the next epoch (not between printing an epoch and recording it)
+                proc.send_signal(signal.SIGINT)
+                break
+        rest, err = proc.communicate(timeout=300)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode == 130, "".join(seen) + rest + err
+    assert out.read_bytes() == before
+    assert re.search(r"training interrupted \(Ctrl-C\) after phase 1: \d+ of 500 epochs, phase 2: 0 of 500 epochs",
+                     err), err
+    assert "model.interrupted.pt" in err and "Traceback" not in err
+    assert load_exported(tmp_path / "model.interrupted.pt")[1]["training"]["interrupted"] is True
+
+
+def test_a_diverging_run_stops_with_the_loops_message_and_writes_nothing(photos, tmp_path, trained):
+    out = tmp_path / "model.pt"
+    shutil.copy(trained.path, out)
+    before = out.read_bytes()
+    result = run_cli(photos, *FAST, "--lr", "1e30", "--out", out, timeout=300)  # finite, but far too high
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^error: training loss is (nan|inf) in epoch \d+, step \d+: .*Nothing was written\.$",
+                     result.stderr, re.M), result.stderr
+    assert "Traceback" not in result.stderr and out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
