@@ -64,10 +64,11 @@ def test_with_widgets_the_bundle_carries_a_static_png_and_the_slider_redraws(mon
     assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")  # ... the others this picture
     assert "image" in bundle["text/plain"]
     control, image = box.children
+    assert (control.min, control.value, control.max) == (1, 1, 3)  # counts 1..n, like "image 1 of 3"
     first = image.value
-    control.value = 2
-    assert calls == [0, 2] and image.value != first
-    control.value = 0
+    control.value = 3
+    assert calls == [0, 2] and image.value != first  # position 3 is render(2)
+    control.value = 1
     assert calls == [0, 2] and image.value == first  # cached: not drawn again
 
 
@@ -114,3 +115,15 @@ def test_upload_is_read_with_the_course_loader_before_it_is_saved(tmp_path, monk
 def test_image_upload_without_widgets_says_what_to_do(capsys):
     assert widgets.image_upload() is None
     assert "set the image path" in capsys.readouterr().out
+
+
+def test_without_widgets_the_upload_says_why(monkeypatch, capsys):
+    from tlhelpers import config
+
+    monkeypatch.setattr(config, "NO_WIDGETS", True)
+    assert widgets.image_upload() is None
+    assert "turned off by TLH_NO_WIDGETS=1" in capsys.readouterr().out
+    monkeypatch.setattr(config, "NO_WIDGETS", False)
+    assert widgets.image_upload() is None  # pytest is no Jupyter kernel
+    out = capsys.readouterr().out
+    assert "not a Jupyter kernel" in out and "TLH_NO_WIDGETS" not in out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
-from tlhelpers.tools.diagnostics import gradcam_layer  # the last convolutional stage of a backbone
+from tlhelpers.tools.diagnostics import gradcam_layer  # a late stage with a grid of at least 5 x 5
 
 
 def top_losses(probs, targets, k=9):
@@ -36,7 +36,7 @@ def most_confused(targets, preds, classes, top=10):
 
 def grad_cam(model, images, target_classes=None, layer=None):
     """Grad-CAM heatmaps in 0-1, one per image: where the evidence for a class lies (notebook 08)."""
-    layer = gradcam_layer(model) if layer is None else layer
+    layer = gradcam_layer(model, images.shape[-2:]) if layer is None else layer  # grid >= 5 x 5
     saved = {}
 
     def keep_feature_maps(module, inputs, output):  # a forward hook: runs right after `layer`

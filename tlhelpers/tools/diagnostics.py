@@ -75,22 +75,55 @@ def most_confused_classes(cm, n: int = 10) -> list[int]:
     sub = cm[np.ix_(ranked, ranked)]
     return [ranked[i] for i in cluster_order(sub)]
 
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The module whose output Grad-CAM uses: the end of the last convolutional stage (notebook 08).
+def gradcam_layer(model: nn.Module, image_size=None, min_grid: int = 5) -> nn.Module:
+    """The module whose output Grad-CAM uses: the end of a late convolutional stage (notebook 08).
 
-    For a ``PretrainedClassifier`` that is the last module of the last stage holding a
-    convolution (``get_stages``): ``layer4`` of a ResNet, the 1x1 head conv block of an
-    EfficientNet/MobileNet, the ReLU6 after EfficientNet-Lite0's ``_conv_head``, the last conv
-    block of a VGG. Any other model: its last ``Conv2d``.
+    Without ``image_size``: the end of the last stage holding a convolution (``get_stages``):
+    ``layer4`` of a ResNet, the ReLU6 after EfficientNet-Lite0's ``_conv_head``, the last conv
+    block of a VGG. With ``image_size`` (an int or ``(H, W)``): the last such stage whose output
+    grid is still at least ``min_grid`` x ``min_grid`` for images of that size, because a 4 x 4
+    heatmap cannot say where anything is. ResNet34 at 224 px: ``layer4`` (7 x 7);
+    EfficientNet-Lite0 at 128 px: its last stages are 4 x 4, so ``stage5`` (8 x 8, stride 16).
+    If no stage reaches ``min_grid``, the one with the largest grid. Models without a stage
+    list: their last ``Conv2d``.
     """
     try:
         stages = get_stages(model)
     except ValueError:  # not a PretrainedClassifier: no stage list
         stages = []
-    for _, modules in reversed(stages):
-        if any(isinstance(m, nn.Conv2d) for module in modules for m in module.modules()):
-            return modules[-1]
+    conv_stages = [modules[-1] for _, modules in stages
+                   if any(isinstance(m, nn.Conv2d) for module in modules for m in module.modules())]
+    if conv_stages and image_size is None:
+        return conv_stages[-1]
+    if conv_stages:
+        grids = _output_grids(model, conv_stages, image_size)
+        wide_enough = [layer for layer, grid in zip(conv_stages, grids) if min(grid) >= min_grid]
+        if wide_enough:
+            return wide_enough[-1]
+        return max(reversed(conv_stages), key=lambda layer: min(grids[conv_stages.index(layer)]))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a convolutional network.")
     return convs[-1]
+
+
+def _output_grids(model: nn.Module, layers, image_size) -> list[tuple[int, int]]:
+    """The (h, w) of each layer's output for one blank image of ``image_size`` (one forward pass)."""
+    import torch
+
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[-2:]
+    grids: dict[int, tuple[int, int]] = {}
+    handles = [layer.register_forward_hook(lambda m, i, out, k=k: grids.__setitem__(k, tuple(out.shape[-2:])))
+               for k, layer in enumerate(layers)]
+    was_training = model.training
+    model.eval()
+    try:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+        with torch.no_grad():
+            model(torch.zeros(1, 3, int(height), int(width), device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [grids[k] for k in range(len(layers))]

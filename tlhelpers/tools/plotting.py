@@ -4,6 +4,21 @@ The lesson's own figures (``show_batch``) and ``denormalize`` live in ``tlhelper
 """
 from __future__ import annotations
 
+#: Figures are drawn at 100 dpi (the notebooks' setup cell). JupyterLab shows an output at most
+#: about 830 px wide (a 1280 px window with the file browser open) and shrinks wider figures,
+#: text included: figures meant for the notebooks stay within this width and use fonts of at
+#: least ``MIN_FONT_PT`` points, i.e. 10 px (tests/test_plotting.py checks both).
+MAX_WIDTH_IN = 8.3
+MIN_FONT_PT = 7.5
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` points."""
+    import textwrap
+
+    chars = max(8, int(width_in * 72 / (0.6 * fontsize)))  # a DejaVu Sans character: ~0.6 em wide at most
+    return "\n".join(textwrap.fill(line, chars) for line in str(text).split("\n"))
+
 
 # --- training curves ---
 # Figures of a training history (notebooks 05-06). A history is the list of per-epoch dicts
@@ -88,21 +103,23 @@ def plot_lr_find(result, ax=None):
 def plot_histories(histories, metrics=("val_loss", "val_acc")):
     """Overlay several runs, one panel per metric: ``plot_histories({"frozen": h1, "fine-tuned": h2})`` (notebook 06).
 
-    Returns the Figure (one Axes per metric in ``fig.axes``).
+    The panels share one legend, below them; the figure fits a notebook's width (``MAX_WIDTH_IN``),
+    so its text is not shrunk. Returns the Figure (one Axes per metric in ``fig.axes``).
     """
     import matplotlib.pyplot as plt
 
     labels = {"train_loss": "training loss", "val_loss": "validation loss", "val_acc": "validation accuracy",
               "epoch_time": "seconds per epoch"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    width = min(MAX_WIDTH_IN, 4.2 * len(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for name, history in histories.items():
             ax.plot(_history_epochs(history), _metric(history, metric), "-x", label=name)
-        ax.set(title=f"{labels.get(metric, metric).capitalize()} vs. epoch", xlabel="epoch",
-               ylabel=labels.get(metric, metric))
+        ax.set(title=labels.get(metric, metric).capitalize(), xlabel="epoch", ylabel=labels.get(metric, metric))
         _integer_epochs(ax)
-        ax.legend()
-    fig.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the panels
     return fig
 
 
@@ -248,17 +265,18 @@ def plot_top_losses(dataset, probs, targets, indices, classes, mean=None, std=No
     indices = [int(i) for i in indices]
     ncols = max(1, min(ncols, len(indices)))
     nrows = max(1, math.ceil(len(indices) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 3.3 * nrows + 0.5), squeeze=False)
+    column = MAX_WIDTH_IN / ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, (column + 1.1) * nrows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, indices):
         actual, predicted = int(targets[i]), int(probs[i].argmax())
         p_actual = float(probs[i, actual])
         ax.imshow(_to_hwc(dataset[i][0], mean, std, True))
-        ax.set_title(f"actual: {readable_class_name(classes[actual])}\n"
-                     f"predicted: {readable_class_name(classes[predicted])} ({float(probs[i, predicted]):.2f})\n"
-                     f"loss {-math.log(max(p_actual, 1e-12)):.2f}, p(actual) {p_actual:.2f}",
-                     fontsize=8, color="black" if actual == predicted else "firebrick")
+        title = (f"actual: {readable_class_name(classes[actual])}\n"
+                 f"predicted: {readable_class_name(classes[predicted])} ({float(probs[i, predicted]):.2f})\n"
+                 f"loss {-math.log(max(p_actual, 1e-12)):.2f}, p(actual) {p_actual:.2f}")
+        ax.set_title(_wrap(title, column, 8), fontsize=8, color="black" if actual == predicted else "firebrick")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -288,13 +306,13 @@ def plot_class_confusion(cm, classes, order=None, normalize=True, annotate=None,
     names = [readable_class_name(classes[i]) for i in order]
     n = len(order)
     annotate = n <= 15 if annotate is None else annotate
-    if ax is None:
-        side = max(4.5, 0.24 * n + 2.5)
-        _, ax = plt.subplots(figsize=(side + 1.2, side))
+    if ax is None:  # at most a notebook's width, and shorter than a laptop screen: no scrolling
+        side = min(7.0, max(4.5, 0.14 * n + 2.5))
+        _, ax = plt.subplots(figsize=(min(MAX_WIDTH_IN, side + 1.5), side), layout="constrained")
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(1, values.max()))
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
                        label="share of the actual class" if normalize else "images")
-    fontsize = 8 if n <= 20 else 6.5
+    fontsize = 9 if n <= 20 else MIN_FONT_PT
     ax.set_xticks(range(n), names, rotation=90, fontsize=fontsize)
     ax.set_yticks(range(n), names, fontsize=fontsize)
     for label, i in zip(ax.get_xticklabels() + ax.get_yticklabels(), order + order):
@@ -321,9 +339,9 @@ def plot_per_class_accuracy(table, title="Accuracy per breed, worst first"):
 
     table = table.dropna(subset=["accuracy"])
     names = [f"{readable_class_name(name)} ({int(n)})" for name, n in zip(table.index, table["images"])]
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(table) + 1.2)))
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.19 * len(table) + 1.2)))
     ax.barh(range(len(table)), 100 * table["accuracy"], color=[_species_colour(c) for c in table.index])
-    ax.set_yticks(range(len(table)), names, fontsize=7 if len(table) > 20 else 9)
+    ax.set_yticks(range(len(table)), names, fontsize=MIN_FONT_PT if len(table) > 20 else 9)
     ax.invert_yaxis()  # worst first, at the top
     overall = 100 * table["correct"].sum() / max(1, table["images"].sum())
     ax.axvline(overall, color="gray", linestyle="--", linewidth=1)
@@ -337,36 +355,49 @@ def plot_per_class_accuracy(table, title="Accuracy per breed, worst first"):
 
 
 def plot_gradcam(images, heatmaps, titles=None, mean=None, std=None, alpha=0.5,
-                 title="Grad-CAM: where the evidence for the class is"):
-    """Each image above its Grad-CAM heatmap overlaid on it (notebook 08); returns the Figure.
+                 title="Grad-CAM: where the evidence for the class is", ncols=3):
+    """Each image above its Grad-CAM heatmap overlaid on it, ``ncols`` images a row (notebook 08); returns the Figure.
 
     ``images``: normalised ``(B, 3, H, W)``; ``heatmaps``: ``(B, H, W)`` in 0-1 from
     ``tlhelpers.interpret.grad_cam``. Red = strong evidence, blue = none; an all-zero heatmap
-    (every position speaks against the class) is labelled "no positive evidence".
+    (every position counts against the class) is labelled "no positive evidence". Titles are
+    wrapped to their column, so neighbours never run into each other.
     """
+    import math
+
     import matplotlib.pyplot as plt
 
     n = len(images)
     titles = list(titles) if titles is not None else [""] * n
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.9), squeeze=False)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    column = min(2.6, (MAX_WIDTH_IN - 0.8) / ncols)  # 0.8 in: the colour bar
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(column * ncols + 0.8, (2 * column + 0.8) * nrows + 0.4),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    overlay = None
     for j in range(n):
+        top, bottom = axes[2 * (j // ncols), j % ncols], axes[2 * (j // ncols) + 1, j % ncols]
         picture = _to_hwc(images[j], mean, std, True)
-        axes[0, j].imshow(picture)
-        axes[0, j].set_title(titles[j], fontsize=8)
-        axes[1, j].imshow(picture)
+        top.imshow(picture)
+        top.set_title(_wrap(titles[j], column, 9), fontsize=9)
+        bottom.imshow(picture)
         heatmap = heatmaps[j].detach().cpu().numpy()
-        overlay = axes[1, j].imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+        overlay = bottom.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
         if heatmap.max() <= 0:  # every position counts against the class: say so, not just "blue"
-            axes[1, j].text(0.5, 0.5, "no positive\nevidence", transform=axes[1, j].transAxes, ha="center",
-                            va="center", fontsize=9, color="white", fontweight="bold")
-        for ax in axes[:, j]:
+            bottom.text(0.5, 0.5, "no positive\nevidence", transform=bottom.transAxes, ha="center",
+                        va="center", fontsize=9, color="white", fontweight="bold")
+        for ax in (top, bottom):
+            ax.axis("on")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
-    axes[0, 0].set_ylabel("image")
-    axes[1, 0].set_ylabel("Grad-CAM overlay")
-    fig.colorbar(overlay, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01, label="evidence (0-1)")
-    fig.suptitle(title)
+        if j % ncols == 0:
+            top.set_ylabel("image")
+            bottom.set_ylabel("Grad-CAM overlay")
+    fig.colorbar(overlay, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="evidence (0-1)")
+    fig.suptitle(_wrap(title, MAX_WIDTH_IN, 11))
     return fig
 
 
@@ -375,14 +406,15 @@ def plot_top_k(image, top, title="Prediction", actual=None):
 
     ``image``: a PIL image or an (H, W, 3) array; ``top``: ``[(class, probability), ...]`` most
     likely first (``tlhelpers.tools.predict.Prediction.top``). ``actual``: the true class, if known
-    (its bar is drawn green).
+    (its bar is drawn green). Cats orange, dogs blue; a legend says so.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     names = [readable_class_name(name) for name, _ in top]
     probs = [100 * p for _, p in top]
     colours = ["tab:green" if actual is not None and name == actual else _species_colour(name) for name, _ in top]
-    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (ax_img, ax_bar) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.4), gridspec_kw={"width_ratios": [1, 1.4]})
     ax_img.imshow(image)
     ax_img.set(xlabel="width (pixels)", ylabel="height (pixels)",
                title=f"actual: {readable_class_name(actual)}" if actual is not None else "input image")
@@ -391,10 +423,17 @@ def plot_top_k(image, top, title="Prediction", actual=None):
     ax_bar.set_yticks(range(len(top)), names)
     ax_bar.invert_yaxis()  # most likely on top
     for y, p in enumerate(probs):
-        ax_bar.text(min(p + 1, 88), y, f"{p:.1f}%", va="center", fontsize=9)
+        if p > 75:  # a long bar: the number inside its end, in white
+            ax_bar.text(p - 1.5, y, f"{p:.1f}%", va="center", ha="right", fontsize=9, color="white", fontweight="bold")
+        else:
+            ax_bar.text(p + 1.5, y, f"{p:.1f}%", va="center", ha="left", fontsize=9)
     ax_bar.set_xlim(0, 100)
     ax_bar.set(title=f"top-{len(top)} classes", xlabel="probability (%)", ylabel="class")
-    fig.suptitle(title)
+    legend = [Patch(color="tab:orange", label="cat breed"), Patch(color="tab:blue", label="dog breed")]
+    if actual is not None:
+        legend.append(Patch(color="tab:green", label="actual breed"))
+    ax_bar.legend(handles=legend, loc="lower right", fontsize=9)
+    fig.suptitle(_wrap(title, MAX_WIDTH_IN, 11))
     fig.tight_layout()
     return fig
 

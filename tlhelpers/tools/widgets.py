@@ -41,6 +41,19 @@ def widgets_enabled() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def _why_no_widgets() -> str:
+    """Why ``widgets_enabled()`` is False here, in words for the reader."""
+    from tlhelpers import config
+
+    if config.NO_WIDGETS:
+        return "widgets are turned off by TLH_NO_WIDGETS=1"
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return "ipywidgets is not installed (pip install ipywidgets)"
+    return "this is not a Jupyter kernel, so there is nothing to draw a widget"
+
+
 def _in_ipython() -> bool:
     try:
         from IPython import get_ipython
@@ -125,16 +138,22 @@ def interactive_figure(render, control, description: str = ""):
 
 
 def slider(render, n: int, start: int = 0, description: str = "image"):
-    """A slider over ``render(0) .. render(n - 1)`` figures; a plain ``render(start)`` without widgets (notebook 08)."""
+    """A slider over ``render(0) .. render(n - 1)`` figures; a plain ``render(start)`` without widgets (notebook 08).
+
+    The slider counts the way people do, 1 to ``n`` (position ``i + 1`` shows ``render(i)``), so
+    it agrees with titles such as "image 1 of 16".
+    """
     if n < 1:
         raise ValueError(f"slider: need n >= 1 positions, got {n}.")
+    if not 0 <= start < n:
+        raise ValueError(f"slider: start={start} is not one of 0..{n - 1}.")
     if not widgets_enabled():
         return interactive_figure(render, _Static(start), description)
     import ipywidgets
 
-    control = ipywidgets.IntSlider(value=start, min=0, max=n - 1, step=1, description=description,
+    control = ipywidgets.IntSlider(value=start + 1, min=1, max=n, step=1, description=description,
                                    continuous_update=False)
-    return interactive_figure(render, control, description)
+    return interactive_figure(lambda position: render(position - 1), control, description)
 
 
 def dropdown(render, options, value=None, description: str = ""):
@@ -168,7 +187,7 @@ def image_upload(on_image=None, description: str = "Upload image"):
     with ``uploaded_image(upload)``.
     """
     if not widgets_enabled():
-        print("(No live Jupyter frontend here, so no upload button: set the image path in the next cell.)")
+        print(f"(No upload button: {_why_no_widgets()}; set the image path in the next cell.)")
         return None
     import ipywidgets
     from IPython.display import display
