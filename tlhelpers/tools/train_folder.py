@@ -37,7 +37,12 @@ Python API (notebook 09):
   ``folder_config_from_args(args) -> FolderConfig``; ``build_parser()``; ``main(argv) -> exit code``.
 
 Mistakes in the input (a missing folder, a single class, an empty class, unreadable images,
-weights that cannot be downloaded, settings that do not fit) end with a message and exit code 2.
+weights that cannot be downloaded, settings that do not fit, a ``--device`` this machine lacks)
+end with a message and exit code 2. A loss that becomes NaN or infinite stops training with the
+loop's message (epoch and step) and exit code 1; nothing is written. Ctrl-C ends with exit code
+130 and never touches ``--out``: the model of the finished epochs goes to
+``interrupted_path(out)`` (``model.pt`` -> ``model.interrupted.pt``), and the message says how far
+training got (``progress(run)``).
 """
 from __future__ import annotations
 
@@ -228,7 +233,7 @@ def train_on_folder(root, folder_cfg: FolderConfig | None = None, cfg: FineTuneC
     history = fine_tune(model, DeviceDataLoader(train_dl, device), DeviceDataLoader(valid_dl, device), cfg)
     train_time = time.perf_counter() - start
     planned = [max(phase.epochs, math.ceil(cfg.min_steps / len(train_dl))) for phase in cfg.phases]  # as fine_tune
-    if getattr(history, "interrupted", False):  # Ctrl-C: no final measurement, never the real --out
+    if history.interrupted:  # Ctrl-C (fine_tune's History): no final measurement, never the real --out
         last = {key: history[-1][key] for key in ("val_loss", "val_acc") if key in history[-1]} if history else {}
         run = FolderRun(model, history, {"last_epoch": last}, list(scan.classes), scan, train_ds, valid_ds,
                         folder_cfg, cfg, train_time, interrupted=True, planned_epochs=planned)
