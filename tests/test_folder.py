@@ -260,8 +260,9 @@ def test_pets_image_folder(tmp_path):
     from tlhelpers.tools.samples import PET_BREEDS, make_pets_sample
 
     pets_dir = make_pets_sample(tmp_path, images_per_breed=2, image_size=(24, 20))
-    root = pets_image_folder(pets_dir)
-    assert root == tmp_path / "pets_by_breed" and pets_image_folder(pets_dir) == root  # made once
+    root = pets_image_folder(pets_dir, root=tmp_path / "data")
+    assert root == tmp_path / "data" / "pets_by_breed" and pets_image_folder(pets_dir, tmp_path / "data") == root  # once
+    assert not (pets_dir.parent / "pets_by_breed").exists()  # nothing beside the photos (they may be TLH_PETS_DIR's)
     scan = scan_image_folder(root)  # the awkward files (RGBA, palette, CMYK) all decode
     assert scan.classes == sorted(PET_BREEDS) and len(scan.train) == 74
     assert Counter(scan.train.targets) == {i: 2 for i in range(37)}

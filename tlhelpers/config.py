@@ -9,7 +9,8 @@
   again, never written to.
 - ``TLH_MAX_STEPS`` caps the batches of every epoch (training, validation, predictions) in the
   course's loops, and ``TLH_MAX_BATCH_SIZE`` the images per batch of its loaders: the capped test
-  run of full mode (``scripts/run_course.sh --smoke``) sets both.
+  run of full mode (``scripts/run_course.sh --smoke``) sets both, and ``TLH_SMOKE=1``: its weights are
+  random, so ``tools.checks.expect`` reports the notebooks' checks of what was learned instead of failing.
 """
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ CIFAR10_DIR: str | None = os.environ.get("TLH_CIFAR10_DIR") or None  # a CIFAR-1
 PETS_DIR: str | None = os.environ.get("TLH_PETS_DIR") or None  # an Oxford-IIIT Pet folder (images/) or archive
 MAX_STEPS: int | None = _positive_int("TLH_MAX_STEPS")   # batches per epoch at most (None: all of them)
 MAX_BATCH_SIZE: int | None = _positive_int("TLH_MAX_BATCH_SIZE")  # images per batch at most (None: as asked)
+SMOKE: bool = _flag("TLH_SMOKE", default=False)  # the smoke run: random weights, so results are not checked
 
 
 def capped_batch_size(batch_size: int) -> int:

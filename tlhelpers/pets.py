@@ -115,6 +115,8 @@ def show_batch(images, labels, classes, mean=IMAGENET_MEAN, std=IMAGENET_STD, nr
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Subset, random_split
 
+from tlhelpers import config
+
 
 def random_split_indices(n, val_pct=0.2, seed=42):
     """Shuffle range(n) with a seeded generator, hold out val_pct: (train_idx, valid_idx) (notebook 03)."""
@@ -149,6 +151,7 @@ def make_pets_splits(root, size, val_pct=0.2, seed=42, mean=IMAGENET_MEAN, std=I
 
 def make_loaders(train_ds, valid_ds, batch_size, num_workers=0, seed=42):
     """Shuffled, seeded training batches; validation batches in order and twice as large (notebook 03)."""
+    batch_size = config.capped_batch_size(batch_size)  # as given, unless a capped test run sets TLH_MAX_BATCH_SIZE
     options = dict(num_workers=num_workers, persistent_workers=num_workers > 0,
                    pin_memory=torch.cuda.is_available())  # page-locked memory: faster copies to a GPU
     train_dl = DataLoader(train_ds, batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlhelpers import config
 from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (for `mean=`, `std=`: re-exported)
 
 
@@ -118,7 +119,7 @@ class GPUBatchLoader:
         self.device = torch.device(device)
         self.images = images.to(self.device)                # (N, C, H, W) uint8, stays here
         self.labels = labels.to(self.device, torch.int64)   # (N,)
-        self.batch_size = int(batch_size)
+        self.batch_size = config.capped_batch_size(int(batch_size))  # TLH_MAX_BATCH_SIZE: a capped test run
         self.train = bool(train)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.pad, self.pad_mode = int(pad), pad_mode

@@ -297,20 +297,23 @@ def split_summary(scan: FolderScan, train_ds: Subset, valid_ds: Subset) -> str:
 
 # --- a real folder for full mode -------------------------------------------------------------------
 
-def pets_image_folder(pets_dir) -> Path:
-    """The Oxford-IIIT Pet photos as an ``ImageFolder`` tree, ``<pets_dir>/../pets_by_breed/<breed>/*.jpg`` (notebook 09).
+def pets_image_folder(pets_dir, root=None) -> Path:
+    """The Oxford-IIIT Pet photos as an ``ImageFolder`` tree, ``<root>/pets_by_breed/<breed>/*.jpg`` (notebook 09).
 
     ``pets_dir``: the folder holding ``images/`` (``tlhelpers.tools.samples.ensure_pets(quick=QUICK)``),
-    or the images folder itself. The tree is made next to it, once, of hard links to the originals
-    (copies where links are impossible), in a ``.part`` folder renamed when complete.
+    or the images folder itself; it is only read (it may be a folder you gave with ``TLH_PETS_DIR``).
+    The tree is made in ``root`` (default ``config.DATA_DIR``), once per ``pets_dir``, of hard links
+    to the originals (copies where links are impossible), in a ``.part`` folder renamed when complete.
     """
+    from tlhelpers import config
     from tlhelpers.pets import parse_breed
     from tlhelpers.tools.images import list_image_files
 
     pets_dir = Path(pets_dir)
     images_dir = pets_dir / "images" if (pets_dir / "images").is_dir() else pets_dir
-    out = pets_dir.parent / "pets_by_breed"
-    if (out / ".complete").is_file():
+    out = Path(root if root is not None else config.DATA_DIR) / "pets_by_breed"
+    stamp = f"made by tlhelpers.tools.image_folder.pets_image_folder from {images_dir.resolve()}\n"
+    if (out / ".complete").is_file() and (out / ".complete").read_text() == stamp:
         return out
     part = out.with_name(out.name + ".part")
     shutil.rmtree(part, ignore_errors=True)
@@ -321,7 +324,7 @@ def pets_image_folder(pets_dir) -> Path:
             os.link(path, target)
         except OSError:  # another drive, or a file system without hard links
             shutil.copy2(path, target)
-    (part / ".complete").write_text("made by tlhelpers.tools.image_folder.pets_image_folder\n")
+    (part / ".complete").write_text(stamp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(part, out)
     return out

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlhelpers import config
+
 
 @dataclass
 class LRFindResult:
@@ -45,18 +47,22 @@ def _suggest(lrs: list, losses: list):
 
 def lr_find(model: nn.Module, train_dl, opt_func=torch.optim.AdamW, start_lr: float = 1e-7, end_lr: float = 10,
             num_iter: int = 100, weight_decay: float = 0, grad_clip: float | None = None,
-            smoothing: float = 0.98, diverge_factor: float = 4.0) -> LRFindResult:
+            smoothing: float = 0.98, diverge_factor: float = 4.0,
+            max_steps: int | None = config.MAX_STEPS) -> LRFindResult:
     """Sweep the rate from ``start_lr`` to ``end_lr`` over ``num_iter`` batches and record the loss.
 
     Stops early once the smoothed loss exceeds ``diverge_factor`` x its best. The suggestion is
     the rate at the smoothed-loss minimum divided by 10: the loss still falls fast there and it
     is safely below where training blows up. The model's weights and train/eval mode are
-    restored afterwards, so the sweep leaves no trace.
+    restored afterwards, so the sweep leaves no trace. ``max_steps`` (default ``config.MAX_STEPS``,
+    the capped test run's ``TLH_MAX_STEPS``) shortens the sweep to that many steps (2 at least).
     """
     if not 0 < start_lr < end_lr:
         raise ValueError(f"Need 0 < start_lr < end_lr; got start_lr={start_lr}, end_lr={end_lr}.")
     if num_iter < 2:
         raise ValueError(f"num_iter={num_iter} is too small for a sweep: use at least 2 (100 is typical).")
+    if max_steps is not None:
+        num_iter = max(2, min(num_iter, max_steps))
     saved_state, was_training = copy.deepcopy(model.state_dict()), model.training
     optimizer = opt_func([p for p in model.parameters() if p.requires_grad], start_lr, weight_decay=weight_decay)
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))

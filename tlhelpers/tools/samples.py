@@ -420,17 +420,86 @@ def real_pets_sample(root) -> Path:
     return _build_sample(Path(root) / "oxford-iiit-pet", params, build)
 
 
-def ensure_pets(root=None, *, quick: bool) -> Path:
+def check_pets_folder(path) -> Path:
+    """Check an Oxford-IIIT Pet folder you already have, without writing to it; return the folder holding ``images/``.
+
+    ``path`` is the folder with ``images/`` (``annotations/`` is optional) or the ``images/`` folder
+    itself. Every image file must be readable (its header is opened, the pixels are not decoded)
+    and named ``<breed>_<number>``, and all 37 breeds must be there; the error names the files or
+    breeds that are not. Non-image files (the real ``images/`` holds a few ``.mat`` files) are ignored.
+    """
+    from tlhelpers.pets import parse_breed
+    from tlhelpers.tools.images import IMAGE_EXTENSIONS
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"Oxford-IIIT Pet folder {path} does not exist (TLH_PETS_DIR or path=): point it at the "
+                                "folder that holds images/, or at the downloaded archive.")
+    folder = path.parent if path.name == "images" and not (path / "images").is_dir() else path
+    images_dir = folder / "images"
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"{path} has no images/ folder: point TLH_PETS_DIR (or path=) at the Oxford-IIIT Pet "
+                                "folder that holds images/ (annotations/ is optional).")
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    unreadable, misnamed, breeds = [], [], set()
+    for file in files:
+        try:
+            breeds.add(parse_breed(file.name))
+        except ValueError:
+            misnamed.append(file.name)
+        try:
+            with Image.open(file):
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError):
+            unreadable.append(file.name)
+
+    def some(names):
+        return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+    if unreadable:
+        raise ValueError(f"{len(unreadable)} image files in {images_dir} cannot be read: {some(unreadable)}. "
+                         "Delete or replace them (copy them again from the archive).")
+    if misnamed:
+        raise ValueError(f"{len(misnamed)} files in {images_dir} are not named <breed>_<number> like the "
+                         f"Oxford-IIIT Pet images: {some(misnamed)}. Move them out of images/.")
+    missing = [breed for breed in PET_BREEDS if breed not in breeds]
+    unknown = sorted(breeds - set(PET_BREEDS))
+    if missing or unknown:
+        raise ValueError(f"{images_dir} should hold the 37 Oxford-IIIT Pet breeds; found {len(breeds)}. "
+                         + (f"Missing: {some(missing)}. " if missing else "")
+                         + (f"Not an Oxford-IIIT Pet breed: {some(unknown)}. " if unknown else "")
+                         + "Point TLH_PETS_DIR (or path=) at a complete copy.")
+    print(f"Oxford-IIIT Pet folder {folder}: {len(files)} images of 37 breeds (used as it is, never written to)")
+    return folder
+
+
+def ensure_pets(root=None, *, quick: bool, path=None) -> Path:
     """The Oxford-IIIT Pet folder (the one holding ``images/`` and ``annotations/``) (notebook 01).
 
-    ``quick=True``: the course's real 222-photo sample, in ``<root>/quick/oxford-iiit-pet``
-    (``real_pets_sample``). ``quick=False``: the real data set, downloaded and extracted by
-    ``tlhelpers.tools.downloads`` into ``<root>/oxford-iiit-pet``. ``root`` defaults to
-    ``config.DATA_DIR``; notebooks pass ``quick=QUICK`` from their setup cell.
+    ``path`` (default ``config.PETS_DIR``, set by ``TLH_PETS_DIR``): a Pets folder you already have
+    (``images/``, ``annotations/`` optional), checked by ``check_pets_folder`` and used as it is in
+    quick and full mode alike, or an archive you already downloaded (``.tgz``, ``.tar.gz``, ``.zip``),
+    extracted once into ``<root>/oxford-iiit-pet-local``. Nothing is downloaded, and nothing is
+    written next to ``path``. Without it: ``quick=True`` gives the course's real 222-photo sample in
+    ``<root>/quick/oxford-iiit-pet`` (``real_pets_sample``); ``quick=False`` the real data set,
+    downloaded and extracted by ``tlhelpers.tools.downloads`` into ``<root>/oxford-iiit-pet``.
+    ``root`` defaults to ``config.DATA_DIR``; notebooks pass ``quick=QUICK`` from their setup cell.
     """
     from tlhelpers import config
 
     root = Path(root) if root is not None else config.DATA_DIR
+    path = path if path is not None else config.PETS_DIR
+    if path is not None and Path(path).expanduser().is_file():
+        from tlhelpers.tools import downloads
+
+        dest = root / "oxford-iiit-pet-local"
+        downloads.extract_archive(Path(path).expanduser(), dest)  # once; a marker records a complete extraction
+        found = sorted(p.parent for p in dest.glob("*/images")) + sorted(p.parent for p in dest.glob("images"))
+        if not found:
+            raise FileNotFoundError(f"The archive {path} holds no images/ folder: is it the Oxford-IIIT Pet archive?")
+        return check_pets_folder(found[0])
+    if path is not None:
+        return check_pets_folder(path)
     if quick:
         return real_pets_sample(root / "quick")
 
