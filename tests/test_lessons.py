@@ -23,6 +23,8 @@ TAUGHT = {
                                        "PretrainedClassifier"},
     "06_fine_tuning_one_cycle": {"fit_one_cycle", "stage_param_groups", "FineTuneConfig", "Phase", "fine_tune"},
     "08_interpret_and_predict": {"top_losses", "most_confused", "grad_cam"},
+    "10_training_on_several_gpus": {"setup_distributed", "cleanup_distributed", "rank_and_world_size",
+                                    "distributed_loaders", "DistributedClassifier", "all_succeeded", "gather_tensors"},
 }
 
 

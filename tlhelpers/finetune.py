@@ -21,7 +21,7 @@ from torch import nn
 from tlhelpers import config
 from tlhelpers.tools.backbones import get_stages
 from tlhelpers.tools.fileio import atomic_path
-from tlhelpers.training import check_loss, check_lr, evaluate
+from tlhelpers.training import check_loss, check_lr, evaluate, is_main_process
 
 
 def get_lr(optimizer):
@@ -64,6 +64,9 @@ def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=
     try:
         for epoch in range(epochs):
             start = time.perf_counter()
+            sampler = getattr(getattr(train_loader, "dl", train_loader), "sampler", None)  # inside a DeviceDataLoader
+            if hasattr(sampler, "set_epoch"):  # a DistributedSampler (notebook 10): a new shuffle every epoch
+                sampler.set_epoch(epoch)
             model.train()
             train_losses, lrs = [], []
             for step, batch in enumerate(islice(train_loader, steps), start=1):
@@ -84,11 +87,12 @@ def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=
                 result = evaluate(model, val_loader, max_steps)
             result["train_loss"] = torch.stack(train_losses).float().mean().item()
             result["lrs"], result["epoch_time"] = lrs, time.perf_counter() - start
-            model.epoch_end(epoch, result)
+            if is_main_process():  # several processes (notebook 10): one prints, one saves
+                model.epoch_end(epoch, result)
             history.append(result)
             if (restore_best or checkpoint) and (best is None or result["val_loss"] < best[0]):
                 best = (result["val_loss"], copy.deepcopy(model.state_dict()))
-                if checkpoint:
+                if checkpoint and is_main_process():
                     with atomic_path(checkpoint) as part:  # a crash never leaves half a file
                         torch.save(best[1], part)
     except KeyboardInterrupt:  # Ctrl-C, or "interrupt the kernel": keep what was learned
@@ -121,7 +125,7 @@ class FineTuneConfig:
     max_steps: int | None = config.MAX_STEPS  # batches per epoch at most (None: all of them)
 
 
-def fine_tune(model, train_dl, valid_dl, cfg=None):
+def fine_tune(model, train_dl, valid_dl, cfg=None, wrap=None):
     """Fine-tune a pretrained classifier phase by phase; one History for all phases (notebook 06)."""
     cfg = cfg or FineTuneConfig()
     history = History()
@@ -132,8 +136,10 @@ def fine_tune(model, train_dl, valid_dl, cfg=None):
         groups = stage_param_groups(model, phase.max_lr, cfg.lr_ratio)
         what = "head only" if phase.unfreeze == 0 else "all stages" if phase.unfreeze is None else \
             f"head + last {phase.unfreeze} stages"
-        print(f"Phase {number}: {what}, {epochs} epochs, max_lr {phase.max_lr:g}")
-        phase_history = fit_one_cycle(epochs, phase.max_lr, model, train_dl, valid_dl,
+        if is_main_process():
+            print(f"Phase {number}: {what}, {epochs} epochs, max_lr {phase.max_lr:g}")
+        net = wrap(model) if wrap else model  # e.g. DistributedDataParallel, built after (un)freezing (notebook 10)
+        phase_history = fit_one_cycle(epochs, phase.max_lr, net, train_dl, valid_dl,
                                       cfg.weight_decay, cfg.grad_clip, cfg.opt_func, groups,
                                       amp=cfg.amp, restore_best=cfg.restore_best, max_steps=cfg.max_steps)
         history += [{**result, "phase": number} for result in phase_history]

@@ -16,6 +16,7 @@ import time
 from itertools import islice
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -113,7 +114,18 @@ def evaluate(model, val_loader, max_steps=config.MAX_STEPS):
     """Validation loss and accuracy over a loader (at most `max_steps` batches), in eval mode, without gradients (notebook 05)."""
     model.eval()
     outputs = [model.validation_step(batch) for batch in islice(val_loader, max_steps)]
+    if dist.is_available() and dist.is_initialized():  # several processes (notebook 10): add up their sums
+        sums = torch.tensor([[out["val_loss"].item() * out["n"], out["val_acc"].item() * out["n"], out["n"]]
+                             for out in outputs] or [[0.0, 0.0, 0.0]], dtype=torch.float64).sum(dim=0)
+        sums = sums.to(next(model.parameters()).device)  # NCCL adds up tensors on the GPU
+        dist.all_reduce(sums)
+        outputs = [{"val_loss": sums[0] / sums[2], "val_acc": sums[1] / sums[2], "n": int(sums[2].item())}]
     return model.validation_epoch_end(outputs)
+
+
+def is_main_process():
+    """True in a single process, and in process 0 of several: the one that prints and saves (notebooks 05, 10)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def check_lr(value, name="lr"):

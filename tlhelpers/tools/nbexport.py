@@ -38,6 +38,9 @@ LESSON_MODULES: dict[str, tuple[tuple[str, ...], str]] = {
     "interpret": (("08_interpret_and_predict",),
                   "What did the model learn, and where does it fail? Top losses, the most confused pairs\n"
                   "and Grad-CAM (notebook 08)."),
+    "distributed": (("10_training_on_several_gpus",),
+                    "Training in several processes with DistributedDataParallel: joining torchrun's processes,\n"
+                    "each process's share of the data, the DDP-wrapped classifier, collectives (notebook 10)."),
 }
 
 _HEADER = '''"""{doc}

@@ -2,6 +2,11 @@
 
     python -m tlhelpers.tools.train_folder DATA_DIR --out model.pt             # resnet34 (weights downloaded once)
     python -m tlhelpers.tools.train_folder DATA_DIR --offline --out model.pt   # efficientnet_lite0, no download
+    torchrun --standalone --nproc_per_node=2 -m tlhelpers.tools.train_folder DATA_DIR --out model.pt  # 2 processes
+
+Under ``torchrun`` (notebook 10) every process trains on its share of each batch with
+``DistributedDataParallel`` (Gloo on CPUs, NCCL on GPUs); ``--batch-size`` is the global batch;
+process 0 prints and writes ``--out``, only after every process finished well.
 
 ``DATA_DIR`` holds one sub-folder per class, or ``train/`` and ``val/`` folders that each hold one
 sub-folder per class (``tlhelpers.tools.image_folder``). Without ``val/``, ``--val-pct`` of every
@@ -63,6 +68,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from tlhelpers.config import SEED, seed_everything
+from tlhelpers.distributed import (DistributedClassifier, all_succeeded, cleanup_distributed, distributed_loaders,
+                                   gather_tensors, setup_distributed)
 from tlhelpers.finetune import FineTuneConfig, Phase, fine_tune
 from tlhelpers.pets import make_loaders
 from tlhelpers.tools.backbones import BACKBONES, PretrainedWeightsUnavailable, get_stages
@@ -70,7 +77,8 @@ from tlhelpers.tools.export import ExportError
 from tlhelpers.tools.predict import check_device, printable_output
 from tlhelpers.tools.image_folder import FolderError, FolderScan, folder_splits, scan_image_folder, split_summary
 from tlhelpers.tools.images import default_num_workers
-from tlhelpers.training import DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions
+from tlhelpers.training import (DeviceDataLoader, PretrainedClassifier, get_default_device, get_predictions,
+                                is_main_process)
 
 #: Optimizer steps each phase runs at least (``FineTuneConfig.min_steps``). On 222 real Oxford-IIIT
 #: Pet photos (6 per breed, 177 to train on: 6 steps an epoch) one frozen epoch reached 22%;
@@ -138,9 +146,19 @@ def class_weights(targets, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def under_torchrun() -> bool:
+    """True in a process that torchrun started and ``setup_distributed`` joined to the others (notebook 10)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def folder_loaders(train_ds, valid_ds, folder_cfg: FolderConfig) -> tuple[DataLoader, DataLoader]:
     """``tlhelpers.pets.make_loaders``; with ``balance="sampler"`` every class is drawn equally often (notebook 09)."""
     workers = default_num_workers() if folder_cfg.num_workers is None else folder_cfg.num_workers
+    if under_torchrun():  # this process's share; batch_size is the global batch (notebook 10)
+        if folder_cfg.balance == "sampler":
+            raise SettingError("balance='sampler' (--balance sampler) cannot be split over processes under "
+                               "torchrun; use --balance loss, or run a single process.")
+        return distributed_loaders(train_ds, valid_ds, folder_cfg.batch_size, workers, folder_cfg.seed)
     train_dl, valid_dl = make_loaders(train_ds, valid_ds, folder_cfg.batch_size, workers, folder_cfg.seed)
     if folder_cfg.balance == "sampler":
         targets = [train_ds.dataset.targets[i] for i in train_ds.indices]
@@ -217,7 +235,8 @@ def train_on_folder(root, folder_cfg: FolderConfig | None = None, cfg: FineTuneC
     scan = scan_image_folder(root, folder_cfg.bad_images)
     train_ds, valid_ds = folder_splits(scan, folder_cfg.image_size, backbone.mean, backbone.std,
                                        folder_cfg.val_pct, folder_cfg.seed)
-    print(split_summary(scan, train_ds, valid_ds), flush=True)
+    if is_main_process():
+        print(split_summary(scan, train_ds, valid_ds), flush=True)
     train_dl, valid_dl = folder_loaders(train_ds, valid_ds, folder_cfg)
     device = torch.device(folder_cfg.device) if folder_cfg.device else get_default_device()
     seed_everything(folder_cfg.seed)  # the new head's initial weights
@@ -230,21 +249,22 @@ def train_on_folder(root, folder_cfg: FolderConfig | None = None, cfg: FineTuneC
     model.to(device)
     seed_everything(folder_cfg.seed)  # augmentation
     start = time.perf_counter()
-    history = fine_tune(model, DeviceDataLoader(train_dl, device), DeviceDataLoader(valid_dl, device), cfg)
+    wrap = DistributedClassifier if under_torchrun() else None  # DDP in every phase (notebook 10)
+    history = fine_tune(model, DeviceDataLoader(train_dl, device), DeviceDataLoader(valid_dl, device), cfg, wrap)
     train_time = time.perf_counter() - start
     planned = [max(phase.epochs, math.ceil(cfg.min_steps / len(train_dl))) for phase in cfg.phases]  # as fine_tune
     if history.interrupted:  # Ctrl-C (fine_tune's History): no final measurement, never the real --out
         last = {key: history[-1][key] for key in ("val_loss", "val_acc") if key in history[-1]} if history else {}
         run = FolderRun(model, history, {"last_epoch": last}, list(scan.classes), scan, train_ds, valid_ds,
                         folder_cfg, cfg, train_time, interrupted=True, planned_epochs=planned)
-        if folder_cfg.out is not None and history:
+        if folder_cfg.out is not None and history and is_main_process():
             export_run(run, interrupted_path(folder_cfg.out))
         return run
-    probs, labels = get_predictions(model, DeviceDataLoader(valid_dl, device))
+    probs, labels = gather_tensors(*get_predictions(model, DeviceDataLoader(valid_dl, device)))  # every process's share
     metrics = validation_metrics(probs, labels, scan.classes)
     run = FolderRun(model, history, metrics, list(scan.classes), scan, train_ds, valid_ds, folder_cfg, cfg, train_time,
                     planned_epochs=planned)
-    if folder_cfg.out is not None:
+    if folder_cfg.out is not None and all_succeeded() and is_main_process():  # one writer, after all finished well
         export_run(run, folder_cfg.out)
     return run
 
@@ -397,6 +417,8 @@ def train(argv=None) -> FolderRun:
         raise UsageError(str(err)) from None
     if run.interrupted:
         raise TrainingInterrupted(_interrupted_message(run, folder_cfg.out))
+    if not is_main_process():  # under torchrun, process 0 reports
+        return run
     print(f"\nValidation of {folder_cfg.backbone} on {len(run.valid_ds)} images ({run.scan.layout}, "
           f"{folder_cfg.image_size} px):\n{run.metrics['report']}")
     print(f"accuracy {run.metrics['val_acc']:.1%}, balanced accuracy {run.metrics['balanced_acc']:.1%}")
@@ -416,6 +438,7 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)  # denormal floats are very slow on x86 CPUs (see tlhelpers.tools.notebook)
     printable_output()
     try:
+        setup_distributed()  # under torchrun: join the other processes (notebook 10); otherwise nothing
         train(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -432,6 +455,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (scanning, measuring, writing)
         print("\ninterrupted (Ctrl-C); no model was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        cleanup_distributed()
     return 0
 
 
