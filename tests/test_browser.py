@@ -5,7 +5,8 @@ draw ("Error displaying widget: model not found", the classic JupyterLab/ipywidg
 mismatch), an output that JupyterLab cannot render, or a cell that never finishes. This module:
 
 - starts JupyterLab on 127.0.0.1 with a random token, in quick mode (``TLH_QUICK=1``) with its
-  own data folder and its own (empty) JupyterLab settings and workspaces;
+  own data folder, its own JupyterLab settings and workspaces, on copies of the notebooks (so
+  nothing JupyterLab saves can reach the repository);
 - opens each notebook of ``notebooks/`` in Chromium (driven by Selenium) and runs all cells;
 - fails on any error output, any "Error displaying widget", any widget output that JupyterLab
   did not draw as a widget, and any cell left running or never run;
@@ -86,18 +87,24 @@ def lab(tmp_path_factory):
                 {"windowingMode": "none"})
     _write_json(settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings",
                 {"checkForUpdates": False, "fetchNews": "false"})
-    env = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}  # the kernel draws inline
+    _write_json(settings / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings", {"autosave": False})
+    # JupyterLab serves copies: nothing it saves (outputs, checkpoints) can reach the repository's notebooks
+    root = home / "course"
+    (root / "notebooks").mkdir(parents=True)
+    for notebook in NOTEBOOKS:
+        shutil.copy2(notebook, root / "notebooks" / notebook.name)
+    # a student's quick mode: none of the caller's course settings, and figures drawn inline
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TLH_") and key != "MPLBACKEND"}
     env.update(TLH_QUICK="1", TLH_DATA_DIR=str(home / "data"), JUPYTERLAB_SETTINGS_DIR=str(settings),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                PYTHONUNBUFFERED="1")
-    env.pop("TLH_NO_WIDGETS", None)
     port, token = _free_port(), secrets.token_hex(16)
     log = (home / "jupyterlab.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
          "--LabApp.expose_app_in_browser=True", "--allow-root"],  # root: CI containers
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -241,6 +248,13 @@ def _scroll_to_cell(driver, index: int, block: str = "start") -> None:
     time.sleep(0.5)
 
 
+def _scroll_to_output(driver, index: int) -> None:
+    driver.execute_script(
+        "const cell = window.tlhPanel.content.widgets[arguments[0]];"
+        "(cell.node.querySelector('.jp-Cell-outputWrapper') || cell.node).scrollIntoView({block: 'start'});", index)
+    time.sleep(0.5)
+
+
 def _cell_index(state, text: str) -> int:
     for cell in state["cells"]:
         if cell["type"] == "code" and text in cell["source"]:
@@ -314,6 +328,9 @@ def test_notebook_runs_in_jupyterlab(browser, lab, notebook):
         state = _open_and_run(browser, lab, notebook)
         problems = _problems(state)
         assert not problems, f"{notebook.name} in JupyterLab:\n" + "\n".join(problems)
+        for view, text in VIEWS.get(notebook.stem[:2], {}).items():
+            _scroll_to_output(browser, _cell_index(state, text))
+            _screenshot(browser, f"{notebook.stem}-{view}")
         interact = INTERACTIONS.get(notebook.stem[:2])
         if interact:
             interact(browser, state, notebook.stem)
@@ -329,6 +346,14 @@ def test_notebook_runs_in_jupyterlab(browser, lab, notebook):
             "if (panel && panel.sessionContext) { panel.context.model.dirty = false;"
             "  panel.sessionContext.shutdown().then(() => panel.dispose()); }")
         time.sleep(1)
+
+
+# Figures worth a screenshot of their own: {notebook number: {name: text of the cell that draws it}}.
+VIEWS = {
+    "06": {"histories": "plot_histories({name"},
+    "08": {"confusion-37": "order=order,", "gradcam": "heatmaps = grad_cam(model, images)",
+           "gradcam-two-questions": "pair_maps = grad_cam("},
+}
 
 
 # --- one interaction per widget ----------------------------------------------------------------
@@ -387,12 +412,21 @@ def _upload_photo(driver, state, stem):
     """Notebook 08: a real pet photo given to the upload button gets its top-5 chart below it."""
     from selenium.webdriver.common.by import By
 
-    photo = sorted((REPO / "tlhelpers" / "sample_data" / "pets").glob("*.jpg"))[0]
+    photo = sorted((REPO / "tlhelpers" / "sample_data" / "pets").rglob("*.jpg"))[0]
     index = _cell_index(state, "widgets.image_upload(")
     _scroll_to_cell(driver, index)
     cell = _cell_element(driver, index)
-    file_input = cell.find_element(By.CSS_SELECTOR, ".widget-upload input[type=file], input[type=file]")
-    file_input.send_keys(str(photo))
+    # The upload button opens a file dialog from an <input type=file> that is not in the page. For
+    # the length of one click, such an input is put into the page instead, where Selenium can fill it.
+    driver.execute_script("""
+        const click = HTMLInputElement.prototype.click;
+        HTMLInputElement.prototype.click = function () {
+          if (this.type !== 'file') { return click.call(this); }
+          HTMLInputElement.prototype.click = click;
+          this.id = 'tlh-file-input'; this.style.display = 'block'; document.body.appendChild(this);
+        };""")
+    cell.find_element(By.CSS_SELECTOR, ".widget-upload").click()
+    driver.find_element(By.ID, "tlh-file-input").send_keys(str(photo))
     _wait(lambda: driver.execute_script(
         "return arguments[0].querySelectorAll('.widget-output img, .jp-OutputArea-child img').length", cell) > 0,
         120, "the prediction figure for the uploaded photo")
