@@ -355,9 +355,9 @@ def test_interrupted_training_keeps_out_and_writes_a_partial_file(capsys, photos
     """Ctrl-C in phase 2 (made deterministic): exit 130, --out byte for byte as before, model.interrupted.pt."""
     real_fine_tune = train_folder.fine_tune
 
-    def stopped_in_phase_2(model, train_dl, valid_dl, cfg):
+    def stopped_in_phase_2(model, train_dl, valid_dl, cfg, *args, **kwargs):
         first_phase_only = dataclasses.replace(cfg, phases=cfg.phases[:1])
-        return InterruptedHistory(real_fine_tune(model, train_dl, valid_dl, first_phase_only))
+        return InterruptedHistory(real_fine_tune(model, train_dl, valid_dl, first_phase_only, *args, **kwargs))
 
     monkeypatch.setattr(train_folder, "fine_tune", stopped_in_phase_2)
     out = tmp_path / "model.pt"
