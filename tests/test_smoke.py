@@ -63,3 +63,15 @@ def test_the_smoke_environment_is_full_mode_capped_offline(tmp_path, monkeypatch
     assert (run_course.Path(env["TLH_CIFAR10_DIR"]) / "train" / "cat").is_dir()
     monkeypatch.setattr(run_course.config, "PETS_DIR", "/somewhere/pets")
     assert run_course.smoke_environment(tmp_path, [])["TLH_PETS_DIR"] == "/somewhere/pets"
+
+
+def test_expect_asserts_except_in_the_smoke_run(monkeypatch, capsys):
+    from tlhelpers.tools import checks
+
+    monkeypatch.setattr(checks.config, "SMOKE", False)
+    checks.expect(True, "fine")
+    with pytest.raises(AssertionError, match="pretrained should win"):
+        checks.expect(False, "pretrained should win")
+    monkeypatch.setattr(checks.config, "SMOKE", True)
+    checks.expect(False, "pretrained should win")  # random weights: reported, not asserted
+    assert "not checked] pretrained should win" in capsys.readouterr().out

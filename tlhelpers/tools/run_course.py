@@ -44,6 +44,15 @@ def _peak_rss_mb(pid: int | None) -> float | None:
     return None
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of a live process and its finished children (Linux ``/proc/<pid>/stat``), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
 def _save_figures(nb, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("fig*.png"):
@@ -67,7 +76,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> dict:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
-    peak, error = None, None
+    peak, cpu, error = None, None, None
     with client.setup_kernel():
         pid = getattr(getattr(client.km, "provisioner", None), "pid", None) or \
             getattr(getattr(getattr(client.km, "provisioner", None), "process", None), "pid", None)
@@ -76,19 +85,20 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 1800) -> dict:
                 client.execute_cell(cell, index)
         except Exception as exc:  # keep the partly executed notebook: it shows where it broke
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        peak = _peak_rss_mb(pid)
+        peak, cpu = _peak_rss_mb(pid), _cpu_seconds(pid)
     seconds = time.perf_counter() - start
     out_nb = out_dir / "notebooks" / path.name
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out_nb)
     figures = _save_figures(nb, out_dir / "figures" / path.stem)
-    return {"notebook": path.name, "seconds": round(seconds, 1), "peak_rss_mb": peak and round(peak),
+    return {"notebook": path.name, "seconds": round(seconds, 1), "cpu_seconds": cpu and round(cpu, 1),
+            "peak_rss_mb": peak and round(peak),
             "figures": figures, "error": error}
 
 
 #: The smoke run's caps: batches per epoch and images per batch (small enough for a 2-core CPU).
 SMOKE_MAX_STEPS = 2
-SMOKE_MAX_BATCH_SIZE = 4
+SMOKE_MAX_BATCH_SIZE = 2
 SMOKE_BANNER = (
     "SMOKE RUN: full mode, capped to {steps} batches of at most {batch} images per epoch, offline.\n"
     "The torchvision weights in {torch_home} are RANDOMLY initialised (saved under torchvision's own file\n"
@@ -111,7 +121,8 @@ def random_torch_home(torch_home: Path, names) -> list[Path]:
 
     ``load_backbone`` then finds them where torchvision keeps downloaded weights
     (``$TORCH_HOME/hub/checkpoints/<file name of the weights enum's URL>``) and never goes online.
-    The weights are random: good for checking that code runs, useless for learning anything.
+    The weights are random (their BatchNorm statistics measured on random images, so that
+    activations stay in range): good for checking that code runs, useless for learning anything.
     """
     import torch
 
@@ -126,6 +137,16 @@ def random_torch_home(torch_home: Path, names) -> list[Path]:
         if not path.exists():
             torch.manual_seed(0)
             model = backbone.builder(weights=None, num_classes=len(backbone.weights.meta["categories"]))
+            # BatchNorm statistics of the random network on random images, so that it keeps its activations
+            # in range in eval mode, as pretrained BatchNorm layers do (notebook 04's rule keeps them frozen)
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.reset_running_stats()
+                    module.momentum = None  # a plain average over the batches below
+            model.train()
+            with torch.no_grad():
+                for _ in range(2):
+                    model(torch.randn(8, 3, 224, 224))
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
         written.append(path)
@@ -186,10 +207,13 @@ def main(argv=None) -> int:
         result = run_notebook(path, out_dir, timeout=args.timeout)
         results.append(result)
         status = "FAILED: " + result["error"] if result["error"] else "ok"
-        print(f"  {path.name:45s}{result['seconds']:7.1f} s  peak {result['peak_rss_mb'] or '?':>5} MB  "
+        print(f"  {path.name:45s}{result['seconds']:7.1f} s  cpu {result['cpu_seconds'] or '?':>6} s  "
+              f"peak {result['peak_rss_mb'] or '?':>5} MB  "
               f"{result['figures']:2d} figures  {status}", flush=True)
     total = time.perf_counter() - start
-    summary = {"mode": mode_name, "total_seconds": round(total, 1), "python": platform.python_version(),
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    summary = {"mode": mode_name, "total_seconds": round(total, 1), "load_average_1min_at_end": load,
+               "python": platform.python_version(),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "notebooks": results}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -197,7 +221,9 @@ def main(argv=None) -> int:
     if work is not None:
         work.cleanup()
         print("Smoke run: the weights were random; this checked that full mode runs, not what it learns.")
-    print(f"Total {total:.1f} s. Executed notebooks: {out_dir / 'notebooks'}; figures: {out_dir / 'figures'}")
+    cpu_total = sum(r["cpu_seconds"] or 0 for r in results)
+    print(f"Total {total:.1f} s wall, {cpu_total:.0f} s CPU of the kernels (load average now {load}).")
+    print(f"Executed notebooks: {out_dir / 'notebooks'}; figures: {out_dir / 'figures'}")
     if failed:
         print("FAILED: " + ", ".join(failed) + " (open the executed copies in build/notebooks to see where)")
         return 1
