@@ -160,7 +160,10 @@ def smoke_environment(work: Path, notebooks) -> dict:
     env = {"TLH_QUICK": "0", "TLH_SMOKE": "1", "TLH_OFFLINE": "1", "TLH_NO_WIDGETS": "1",
            "TLH_MAX_STEPS": str(config.MAX_STEPS or SMOKE_MAX_STEPS),
            "TLH_MAX_BATCH_SIZE": str(config.MAX_BATCH_SIZE or SMOKE_MAX_BATCH_SIZE),
-           "TORCH_HOME": str(work / "torch"), "TLH_DATA_DIR": str(work / "data")}
+           "TORCH_HOME": str(work / "torch"), "TLH_DATA_DIR": str(work / "data"),
+           # one PyTorch thread per kernel: batches of 2 gain nothing from a second one, and on a busy
+           # machine two spinning threads per process made one capped epoch take minutes instead of seconds
+           "OMP_NUM_THREADS": "1"}
     random_torch_home(work / "torch", backbones_used(notebooks))
     env["TLH_PETS_DIR"] = config.PETS_DIR or str(real_pets_sample(work / "pets"))  # images/ + annotations/
     env["TLH_CIFAR10_DIR"] = config.CIFAR10_DIR or str(CIFAR10_SAMPLE)            # <root>/train/<class>/*.jpg
