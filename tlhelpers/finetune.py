@@ -87,9 +87,9 @@ def fit_one_cycle(epochs, max_lr, model, train_loader, val_loader, weight_decay=
                 result = evaluate(model, val_loader, max_steps)
             result["train_loss"] = torch.stack(train_losses).float().mean().item()
             result["lrs"], result["epoch_time"] = lrs, time.perf_counter() - start
+            history.append(result)  # recorded before it is printed: a Ctrl-C now cannot lose it
             if is_main_process():  # several processes (notebook 10): one prints, one saves
                 model.epoch_end(epoch, result)
-            history.append(result)
             if (restore_best or checkpoint) and (best is None or result["val_loss"] < best[0]):
                 best = (result["val_loss"], copy.deepcopy(model.state_dict()))
                 if checkpoint and is_main_process():
