@@ -390,7 +390,7 @@ def _close(driver) -> None:
 VIEWS = {
     "06": {"histories": "plot_histories({name"},
     "08": {"confusion-37": "order=order,", "gradcam": "heatmaps = grad_cam(model, images)",
-           "gradcam-two-questions": "pair_maps = grad_cam("},
+           "gradcam-two-questions": "pair_maps = grad_cam(", "predictor-error": "exit_code = predict.main("},
 }
 
 
