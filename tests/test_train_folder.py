@@ -174,7 +174,7 @@ def test_command_line_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "train/ + val/, 3 classes, 18 training and 6 validation images" in text
-    assert "Phase 1: head only, 1 epochs" in text and "Phase 2: all stages, 1 epochs" in text
+    assert "Phase 1: head only, 1 epoch," in text and "Phase 2: all stages, 1 epoch," in text
     for name in ("ant", "bee", "cat"):
         assert re.search(rf"^\s+{name}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+2$", text, re.M), text
     accuracy = float(re.search(r"^accuracy ([\d.]+)%, balanced accuracy [\d.]+%$", text, re.M).group(1))

@@ -137,7 +137,7 @@ def fine_tune(model, train_dl, valid_dl, cfg=None, wrap=None):
         what = "head only" if phase.unfreeze == 0 else "all stages" if phase.unfreeze is None else \
             f"head + last {phase.unfreeze} stages"
         if is_main_process():
-            print(f"Phase {number}: {what}, {epochs} epochs, max_lr {phase.max_lr:g}")
+            print(f"Phase {number}: {what}, {epochs} epoch{'s' * (epochs != 1)}, max_lr {phase.max_lr:g}")
         net = wrap(model) if wrap else model  # e.g. DistributedDataParallel, built after (un)freezing (notebook 10)
         phase_history = fit_one_cycle(epochs, phase.max_lr, net, train_dl, valid_dl,
                                       cfg.weight_decay, cfg.grad_clip, cfg.opt_func, groups,
