@@ -48,7 +48,7 @@ from PIL import Image
 from tlhelpers import config
 from tlhelpers.config import IMAGENET_MEAN, IMAGENET_STD
 from tlhelpers.pets import PetsDataset, random_split_indices, stratified_split_indices
-from tlhelpers.tools.fileio import fsync_file, sweep_stale_parts, write_text_atomic
+from tlhelpers.tools.fileio import atomic_path, write_text_atomic
 from tlhelpers.tools.gpu_data import GPUBatchLoader
 from tlhelpers.tools.images import load_rgb
 
@@ -171,42 +171,37 @@ def build_uint8_cache(npy_path, json_path, fingerprint: str, count: int, size: i
     if cached is not None:
         return cached
 
-    npy_path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_parts(npy_path)  # left by a build that was killed
-    part = npy_path.with_name(f"{npy_path.name}.{os.getpid()}.part")  # unique: two builds never share one
     start = time.perf_counter()
-    images = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
-    try:
-        def decode_into(i: int) -> None:
-            row = np.asarray(decode_row(i))
-            if row.shape != (size, size, 3) or row.dtype != np.uint8:  # numpy would broadcast a wrong shape
-                raise ValueError(f"Cannot cache row {i} into {npy_path}: it is {row.shape} {row.dtype}, "
-                                 f"expected ({size}, {size}, 3) uint8.")
-            images[i] = row.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=count, desc=f"caching {count:,} images at {size}x{size}", leave=False)
-        pool = ThreadPoolExecutor(num_threads or _default_threads())
+    # atomic_path: rows go to <npy>.<pid>.part, which is fsynced and renamed onto npy_path only if the
+    # build succeeds; an error or Ctrl-C deletes it, and .part files of killed builds are swept first.
+    with atomic_path(npy_path) as part:
+        images = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
         try:
-            for _ in pool.map(decode_into, range(count)):
+            def decode_into(i: int) -> None:
+                row = np.asarray(decode_row(i))
+                if row.shape != (size, size, 3) or row.dtype != np.uint8:  # numpy would broadcast a wrong shape
+                    raise ValueError(f"Cannot cache row {i} into {npy_path}: it is {row.shape} {row.dtype}, "
+                                     f"expected ({size}, {size}, 3) uint8.")
+                images[i] = row.transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=count, desc=f"caching {count:,} images at {size}x{size}", leave=False)
+            pool = ThreadPoolExecutor(num_threads or _default_threads())
+            try:
+                for _ in pool.map(decode_into, range(count)):
+                    if bar is not None:
+                        bar.update()
+            finally:  # after an error, do not decode the remaining files first
+                pool.shutdown(wait=True, cancel_futures=True)
                 if bar is not None:
-                    bar.update()
-        finally:  # after an error, do not decode the remaining files first
-            pool.shutdown(wait=True, cancel_futures=True)
-            if bar is not None:
-                bar.close()
-        images.flush()
-        del images  # close the memory map before renaming the file
-        fsync_file(part)  # on the disk before it takes the cache's name
+                    bar.close()
+            images.flush()
+        finally:
+            del images  # close the memory map before the file is renamed (or deleted, after an error)
         _remove(json_path)  # an old sidecar must never describe the new array
-        os.replace(part, npy_path)
-    except BaseException:  # also Ctrl-C: a half-written cache must not survive
-        images = None
-        _remove(part)
-        raise
     meta = {"format": "tlhelpers-image-cache", "version": CACHE_VERSION, "fingerprint": fingerprint,
             "count": count, "size": size, "shape": [count, 3, size, size], "dtype": "uint8", **(meta or {}),
             "build_seconds": round(time.perf_counter() - start, 2)}

@@ -199,7 +199,8 @@ def load_image_folder(source, split: str = "train", size: int = 32, classes=None
         zf = zipfile.ZipFile(source)  # reads from several threads are safe: ZipFile locks its file
         # Sizes first, from the zip's directory: a huge member is refused before a byte of it is read
         # (zipfile never returns more than the declared size, so this bounds what we read).
-        too_big = [(n, zf.getinfo(n).file_size) for n, _ in files if zf.getinfo(n).file_size > max_member_bytes]
+        sizes = [(n, zf.getinfo(n).file_size) for n, _ in files]
+        too_big = [(n, nbytes) for n, nbytes in sizes if nbytes > max_member_bytes]
         if too_big:
             zf.close()
             member, nbytes = too_big[0]
