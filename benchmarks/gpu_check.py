@@ -54,8 +54,8 @@ def _sync(device) -> None:
 def _reset_peak(device) -> None:
     import torch
 
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         report["notebook07"] = notebook07_full_mode(args.cifar, env, args.timeout)
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     if device.type == "cuda":
-        report["peak_gpu_mb_process"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        report["peak_gpu_mb_process"] = _peak_mb(device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))

@@ -96,11 +96,11 @@ def gradcam_layer(model: nn.Module, image_size=None, min_grid: int = 5) -> nn.Mo
     if conv_stages and image_size is None:
         return conv_stages[-1]
     if conv_stages:
-        grids = _output_grids(model, conv_stages, image_size)
-        wide_enough = [layer for layer, grid in zip(conv_stages, grids) if min(grid) >= min_grid]
+        pairs = list(zip(conv_stages, _output_grids(model, conv_stages, image_size)))
+        wide_enough = [layer for layer, grid in pairs if min(grid) >= min_grid]
         if wide_enough:
             return wide_enough[-1]
-        return max(reversed(conv_stages), key=lambda layer: min(grids[conv_stages.index(layer)]))
+        return max(reversed(pairs), key=lambda pair: min(pair[1]))[0]  # ties: the later stage
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a convolutional network.")

@@ -273,10 +273,10 @@ def plot_top_losses(dataset, probs, targets, indices, classes, mean=None, std=No
         actual, predicted = int(targets[i]), int(probs[i].argmax())
         p_actual = float(probs[i, actual])
         ax.imshow(_to_hwc(dataset[i][0], mean, std, True))
-        title = (f"actual: {readable_class_name(classes[actual])}\n"
-                 f"predicted: {readable_class_name(classes[predicted])} ({float(probs[i, predicted]):.2f})\n"
-                 f"loss {-math.log(max(p_actual, 1e-12)):.2f}, p(actual) {p_actual:.2f}")
-        ax.set_title(_wrap(title, column, 8), fontsize=8, color="black" if actual == predicted else "firebrick")
+        caption = (f"actual: {readable_class_name(classes[actual])}\n"
+                   f"predicted: {readable_class_name(classes[predicted])} ({float(probs[i, predicted]):.2f})\n"
+                   f"loss {-math.log(max(p_actual, 1e-12)):.2f}, p(actual) {p_actual:.2f}")
+        ax.set_title(_wrap(caption, column, 8), fontsize=8, color="black" if actual == predicted else "firebrick")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
